@@ -1,0 +1,228 @@
+"""ResNets with an attention slot in every residual block (ImageNet and CIFAR-style).
+
+Placement follows the paper and the authors' code: on the residual branch,
+after the last BatchNorm, before the addition. Key names match torchvision's
+ResNets (``conv1``, ``bn1``, ``layer1.0.conv1``, ..., ``fc``); the attention
+module of a block is ``attn``.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Type, Union
+
+from torch import Tensor, nn
+
+from ..attention.registry import AttentionSpec, create_attention
+
+
+def _attn(spec: AttentionSpec, channels: int, kwargs: Optional[Dict[str, Any]]) -> nn.Module:
+    return create_attention(spec, channels, **(kwargs or {}))
+
+
+class BasicBlock(nn.Module):
+    """3x3 -> 3x3 residual block; ``attn`` after ``bn2``. ``(N, Cin, H, W) -> (N, C, H/s, W/s)``."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 attention: AttentionSpec = None, attention_kwargs: Optional[Dict[str, Any]] = None,
+                 groups: int = 1, base_width: int = 64) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.attn = _attn(attention, planes, attention_kwargs)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.attn(self.bn2(self.conv2(out)))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 residual block (stride on the 3x3, as torchvision); ``attn`` after ``bn3``."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 attention: AttentionSpec = None, attention_kwargs: Optional[Dict[str, Any]] = None,
+                 groups: int = 1, base_width: int = 64) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.attn = _attn(attention, planes * self.expansion, attention_kwargs)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.attn(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+
+Block = Union[Type[BasicBlock], Type[Bottleneck]]
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al., 2016) with an attention module in every residual block.
+
+    Args:
+        block, layers: block type and blocks per stage.
+        num_classes: classifier outputs; ``0`` gives features ``(N, C_last)``.
+        attention: registry name (``"cbam"``, ``"se"``, ...), class or callable, or
+            ``None``; ``attention_kwargs`` go to its constructor.
+        in_chans: input channels (1 for grey-scale data).
+        widths: channels of each stage before expansion (ImageNet: 64/128/256/512,
+            CIFAR-style: 16/32/64).
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv),
+            the latter for 28-32 px inputs.
+        zero_init_residual: start the last BN of each residual branch at 0 (each
+            block starts as the identity; Goyal et al., 2017).
+        groups, width_per_group: ResNeXt cardinality and width.
+
+    Weight init: convs Kaiming-normal (fan_out, ReLU), BN weight 1 / bias 0,
+    the classifier PyTorch's default; attention modules keep their own init.
+    Global average pooling makes any input size work.
+    ``(N, in_chans, H, W) -> (N, num_classes)``.
+    """
+
+    def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 1000, *,
+                 attention: AttentionSpec = None, attention_kwargs: Optional[Dict[str, Any]] = None,
+                 in_chans: int = 3, widths: Sequence[int] = (64, 128, 256, 512), stem: str = "imagenet",
+                 zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
+                 stem_width: Optional[int] = None, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if len(widths) != len(layers):
+            raise ValueError(f"widths {tuple(widths)} and layers {tuple(layers)} must have the same length")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got '{stem}'")
+        self.groups, self.base_width = groups, width_per_group
+        self.attention, self.attention_kwargs = attention, attention_kwargs
+        self.inplanes = stem_width or widths[0]
+        self.in_chans, self.num_classes = in_chans, num_classes
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 7, 2, 3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        stages: List[nn.Module] = []
+        for i, (w, n) in enumerate(zip(widths, layers)):
+            stages.append(self._make_layer(block, w, n, stride=1 if i == 0 else 2))
+        if not 1 <= len(stages) <= 4:
+            raise ValueError(f"1 to 4 stages are supported, got {len(stages)}")
+        # named layer1..layer4 like torchvision so checkpoints and converters line up; absent
+        # stages (3-stage CIFAR nets) are parameter-free identities
+        self.num_stages = len(stages)
+        stages += [nn.Identity() for _ in range(4 - len(stages))]
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = widths[-1] * block.expansion
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_residual)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample, self.attention, self.attention_kwargs,
+                        self.groups, self.base_width)]
+        self.inplanes = planes * block.expansion
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, 1, None, self.attention, self.attention_kwargs,
+                                self.groups, self.base_width))
+        return nn.Sequential(*layers)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for name, m in self.named_modules():
+            if ".attn" in name or name.startswith("attn"):
+                continue  # attention modules own their init (e.g. the authors' zero BN weight)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def stages(self) -> List[nn.Module]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W) -> (N, C_last, H', W')``, the last stage's map."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError("ResNet(in_chans=" + str(self.in_chans) + ") expects (N, " + str(self.in_chans)
+                             + ", H, W), got shape " + str(list(x.shape)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.global_pool(self.forward_features(x)).flatten(1)
+        return self.fc(self.drop(x))
+
+
+_IMAGENET = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2], {}),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], {}),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], {}),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], {}),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], {}),
+    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], dict(groups=32, width_per_group=4)),
+    # the paper's WRN-18 (widen 2.0): stage widths doubled, stem kept at 64
+    "wide_resnet18_2": (BasicBlock, [2, 2, 2, 2], dict(widths=(128, 256, 512, 1024), stem_width=64)),
+}
+_CIFAR = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+
+
+def build_resnet(name: str, **kwargs: Any) -> ResNet:
+    """Build a base architecture by name (see :data:`ARCHITECTURES`)."""
+    if name in _IMAGENET:
+        block, layers, extra = _IMAGENET[name]
+        return ResNet(block, layers, **{**extra, **kwargs})
+    if name in _CIFAR:
+        n = _CIFAR[name]
+        kwargs.setdefault("num_classes", 10)
+        return ResNet(BasicBlock, [n, n, n], widths=(16, 32, 64), stem="cifar", **kwargs)
+    raise ValueError(f"unknown architecture '{name}'; valid: {', '.join(ARCHITECTURES)}")
+
+
+ARCHITECTURES = tuple(_IMAGENET) + tuple(_CIFAR)
+
+
+def _factory(name: str):
+    def f(num_classes: int = 1000 if name in _IMAGENET else 10, attention: AttentionSpec = None,
+          attention_kwargs: Optional[Dict[str, Any]] = None, in_chans: int = 3, **kwargs: Any) -> ResNet:
+        return build_resnet(name, num_classes=num_classes, attention=attention, attention_kwargs=attention_kwargs,
+                            in_chans=in_chans, **kwargs)
+    f.__name__ = name
+    f.__doc__ = f"{name} with an optional attention module in every residual block (see :class:`ResNet`)."
+    return f
+
+
+resnet18, resnet34, resnet50, resnet101, resnet152 = (_factory(n) for n in
+                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
+resnext50_32x4d, wide_resnet18_2 = _factory("resnext50_32x4d"), _factory("wide_resnet18_2")
+resnet20, resnet32, resnet44, resnet56, resnet110 = (_factory(n) for n in _CIFAR)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
