@@ -1,0 +1,146 @@
+"""The `cbam` command line: train, eval, compare, demo (and bench, viz, export, ablate when present)."""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import List, Optional
+
+from .train.config import TrainConfig
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size, --no-hflip, ...)."""
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")
+        elif f.name == "attention_kwargs":
+            p.add_argument(flag, dest=f.name, type=json.loads, default=None, help="JSON, e.g. '{\"reduction\": 8}'")
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), None)
+            if typ is None:
+                typ = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            p.add_argument(flag, dest=f.name, type=typ, default=None, help=f"(default {default})")
+
+
+def _config_from_args(a: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.from_file(a.config).to_dict() if a.config else TrainConfig().to_dict()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(a, f.name, None)
+        if v is not None:
+            base[f.name] = v
+    return TrainConfig.from_dict(base)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+    cfg = _config_from_args(a)
+    res = train(cfg)
+    if res.history and int(os.environ.get("RANK", "0")) == 0:
+        last = res.history[-1]
+        print(f"done: {cfg.out}  test top-1 {100 * last.get('test_acc', float('nan')):.2f} %  "
+              f"params {res.params:,}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    import numpy as np
+    from ._io import write_json
+    from .models import load_checkpoint
+    from .train import build_model, evaluate
+    from .train.checkpoint import latest_checkpoint
+    from .train.metrics import plot_confusion
+    from .train.report import load_run
+    from .data import load_dataset
+    run = load_run(a.run)
+    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in
+                                 {f.name for f in dataclasses.fields(TrainConfig)}})
+    ck = latest_checkpoint(a.run)
+    if ck is None:
+        raise FileNotFoundError(f"{a.run} has no checkpoint yet")
+    data = load_dataset(a.data or cfg.data, a.split, a.data_root or cfg.data_root)
+    model = load_checkpoint(build_model(cfg, data.num_classes, data.in_chans), ck[1])
+    ev = evaluate(model, data, image_size=cfg.image_size)
+    out = a.out or os.path.join(a.run, "eval")
+    os.makedirs(out, exist_ok=True)
+    plot_confusion(os.path.join(out, "confusion.png"), ev["confusion"], data.classes,
+                   f"{cfg.model} on {data.name} {a.split} (top-1 {100 * ev['test_acc']:.2f} %)")
+    write_json(os.path.join(out, "eval.json"), {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                                 for k, v in ev.items()})
+    print(f"{a.run}: top-1 {100 * ev['test_acc']:.2f} %  top-5 {100 * ev['test_top5']:.2f} %  "
+          f"loss {ev['test_loss']:.4f}  ({len(data)} {a.split} images from {data.source})")
+    for c, acc in zip(data.classes, ev["per_class_acc"]):
+        print(f"  {c:>14s}: {100 * acc:6.2f} %")
+    print(f"confusion matrix: {os.path.join(out, 'confusion.png')}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .train.report import compare_runs
+    print(compare_runs(a.runs, a.out))
+    if a.out:
+        print(f"\nwritten: {os.path.join(a.out, 'compare.md')}, {os.path.join(a.out, 'compare_curves.png')}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .train.demo import run_demo
+    hooks = None
+    try:
+        from .viz.report import demo_attention_section as hooks  # present once visualisation exists
+    except ImportError:
+        pass
+    run_demo(a.out, quick=a.quick, progress=not a.no_progress, resume=not a.fresh, after_training=hooks)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cbam", description="CBAM and its attention family: train, evaluate, compare.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a model (config dataclass: flags or --config FILE)")
+    t.add_argument("--config", help="YAML or JSON file with TrainConfig fields; flags override it")
+    _add_config_flags(t)
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run: top-1/top-5, per-class accuracy, confusion matrix PNG")
+    e.add_argument("run", help="run folder written by `cbam train`")
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--data", help="dataset name (default: the run's)")
+    e.add_argument("--data-root")
+    e.add_argument("--out", help="output folder (default RUN/eval)")
+    e.set_defaults(fn=cmd_eval)
+    c = sub.add_parser("compare", help="table and overlaid curves of several runs")
+    c.add_argument("runs", nargs="+")
+    c.add_argument("--out", help="folder for compare.md and compare_curves.png")
+    c.set_defaults(fn=cmd_compare)
+    d = sub.add_parser("demo", help="baseline vs SE vs CBAM ResNet-20 on the default data (<= 10 min on 2 cores)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    d.add_argument("--fresh", action="store_true", help="retrain even if runs exist")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    for extra in ("cbam.bench_cli", "cbam.viz.cli", "cbam.export.cli", "cbam.ablate.cli"):
+        try:
+            __import__(extra, fromlist=["register"]).register(sub)
+        except ImportError:
+            pass
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .train.loop import TrainingDiverged
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError, TrainingDiverged) as e:
+        print(f"cbam {args.cmd}: error: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, TrainingDiverged) else 3
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
