@@ -1,10 +1,9 @@
-"""Fast paths for the math of :mod:`cbam.functional` (filled in by ops/fused.py)."""
-from __future__ import annotations
+"""Fast paths for the math of :mod:`cbam.functional`, with the same signatures.
 
-from torch import Tensor
+:func:`fused_cbam` / :func:`fused_cbam_with_gates` mirror :func:`cbam.functional.cbam`
+/ :func:`cbam.functional.cbam_with_gates` for the configuration they cover
+(channel-first, avg+max, ReLU, sigmoid; with or without the spatial BN).
+"""
+from .fused import backend_name, fused_available, fused_cbam, fused_cbam_with_gates, kernels_for
 
-
-def fused_available(x: Tensor, require: bool = False) -> bool:
-    if require:
-        raise RuntimeError("the fused CBAM kernels are not built into this version")
-    return False
+__all__ = ["backend_name", "fused_available", "fused_cbam", "fused_cbam_with_gates", "kernels_for"]

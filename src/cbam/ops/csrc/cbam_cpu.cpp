@@ -1,0 +1,238 @@
+// Memory-pass kernels of fused CBAM for contiguous NCHW tensors on the CPU.
+//
+// The small parts (MLP, 7x7 conv, BN, sigmoid) run as ordinary torch ops on
+// (N, C) and (N, H*W) tensors; these kernels are the passes over the full
+// feature map, each reading x (and the incoming gradient) once:
+//   forward : channel_pool (read x), spatial_pool (read x), apply (read x, write y)
+//   backward: bwd_reduce (read g, x), row_dot (read x), input_grad (read g, write dx)
+// Accumulation is in float (double for double inputs). Work is split with
+// at::parallel_for over rows or over (sample, block of pixels).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Dispatch.h>
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 512;  // pixels per task in the channel-axis passes: accumulators stay in L1
+
+template <typename T> using acc_t = at::opmath_type<T>;
+
+// Per (n, c) row over H*W: mean, max and first argmax.
+std::vector<at::Tensor> channel_pool(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "channel_pool: contiguous NCHW input expected");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto avg = at::empty({N, C}, x.options().dtype(acc_type));
+  auto mx = at::empty({N, C}, x.options().dtype(acc_type));
+  auto idx = at::empty({N, C}, x.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    A* ap = avg.data_ptr<A>();
+    A* mp = mx.data_ptr<A>();
+    int32_t* ip = idx.data_ptr<int32_t>();
+    at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* row = xp + r * HW;
+        A s = 0, m = -std::numeric_limits<A>::infinity();
+        for (int64_t i = 0; i < HW; ++i) {  // vectorisable: sum and max
+          A v = static_cast<A>(row[i]);
+          s += v;
+          m = v > m ? v : m;
+        }
+        int64_t k = 0;
+        while (k < HW - 1 && static_cast<A>(row[k]) != m) ++k;  // first argmax; the row is in cache
+        ap[r] = s / static_cast<A>(HW);
+        mp[r] = m;
+        ip[r] = static_cast<int32_t>(k);
+      }
+    });
+  });
+  return {avg, mx, idx};
+}
+
+// Per (n, pixel) over channels of x * mc: mean, max and first argmax.
+std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "spatial_pool: contiguous NCHW input expected");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t nb = (HW + kBlock - 1) / kBlock;
+  auto avg = at::empty({N, HW}, mc.options());
+  auto mx = at::empty({N, HW}, mc.options());
+  auto idx = at::empty({N, HW}, mc.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const A* cp = mc.data_ptr<A>();
+    A* ap = avg.data_ptr<A>();
+    A* mp = mx.data_ptr<A>();
+    int32_t* ip = idx.data_ptr<int32_t>();
+    at::parallel_for(0, N * nb, 1, [&](int64_t b, int64_t e) {
+      A s[kBlock], m[kBlock];
+      int32_t k[kBlock];
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / nb, p0 = (t % nb) * kBlock, len = std::min(kBlock, HW - p0);
+        for (int64_t i = 0; i < len; ++i) { s[i] = 0; m[i] = -std::numeric_limits<A>::infinity(); k[i] = 0; }
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* row = xp + (n * C + c) * HW + p0;
+          const A w = cp[n * C + c];
+          const int32_t ci = static_cast<int32_t>(c);
+          for (int64_t i = 0; i < len; ++i) {
+            A v = static_cast<A>(row[i]) * w;
+            s[i] += v;
+            bool gt = v > m[i];
+            m[i] = gt ? v : m[i];
+            k[i] = gt ? ci : k[i];
+          }
+        }
+        for (int64_t i = 0; i < len; ++i) {
+          ap[n * HW + p0 + i] = s[i] / static_cast<A>(C);
+          mp[n * HW + p0 + i] = m[i];
+          ip[n * HW + p0 + i] = k[i];
+        }
+      }
+    });
+  });
+  return {avg, mx, idx};
+}
+
+// y = x * mc[n, c] * ms[n, p]
+at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "apply: contiguous NCHW input expected");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const A* cp = mc.data_ptr<A>();
+    const A* sp = ms.data_ptr<A>();
+    at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const A w = cp[r];
+        const A* s = sp + (r / C) * HW;
+        const scalar_t* xr = xp + r * HW;
+        scalar_t* yr = yp + r * HW;
+        for (int64_t i = 0; i < HW; ++i) yr[i] = static_cast<scalar_t>(static_cast<A>(xr[i]) * w * s[i]);
+      }
+    });
+  });
+  return y;
+}
+
+// One read of g and x: r_c[n, c] = sum_p g*x*ms[n, p]  and  r_s[n, p] = sum_c g*x*mc[n, c].
+std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
+                                   const at::Tensor& ms) {
+  TORCH_CHECK(x.is_contiguous() && g.is_contiguous(), "bwd_reduce: contiguous NCHW tensors expected");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t nb = (HW + kBlock - 1) / kBlock;
+  auto part = at::zeros({N, nb, C}, mc.options());  // per-block partial sums of r_c, reduced below
+  auto r_s = at::empty({N, HW}, mc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bwd_reduce", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const A* cp = mc.data_ptr<A>();
+    const A* sp = ms.data_ptr<A>();
+    A* pp = part.data_ptr<A>();
+    A* rp = r_s.data_ptr<A>();
+    at::parallel_for(0, N * nb, 1, [&](int64_t b, int64_t e) {
+      A acc[kBlock];
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / nb, blk = t % nb, p0 = blk * kBlock, len = std::min(kBlock, HW - p0);
+        const A* s = sp + n * HW + p0;
+        for (int64_t i = 0; i < len; ++i) acc[i] = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xp + (n * C + c) * HW + p0;
+          const scalar_t* gr = gp + (n * C + c) * HW + p0;
+          const A w = cp[n * C + c];
+          A dot = 0;
+          for (int64_t i = 0; i < len; ++i) {
+            A v = static_cast<A>(gr[i]) * static_cast<A>(xr[i]);
+            acc[i] += v * w;
+            dot += v * s[i];
+          }
+          pp[(n * nb + blk) * C + c] = dot;
+        }
+        for (int64_t i = 0; i < len; ++i) rp[n * HW + p0 + i] = acc[i];
+      }
+    });
+  });
+  return {part.sum(1), r_s};
+}
+
+// out[n, c] = sum_p x[n, c, p] * a[n, p]
+at::Tensor row_dot(const at::Tensor& x, const at::Tensor& a) {
+  TORCH_CHECK(x.is_contiguous(), "row_dot: contiguous NCHW input expected");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto out = at::empty({N, C}, a.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "row_dot", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const A* ap = a.data_ptr<A>();
+    A* op = out.data_ptr<A>();
+    at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = xp + r * HW;
+        const A* ar = ap + (r / C) * HW;
+        A s = 0;
+        for (int64_t i = 0; i < HW; ++i) s += static_cast<A>(xr[i]) * ar[i];
+        op[r] = s;
+      }
+    });
+  });
+  return out;
+}
+
+// dx = g*mc*ms + mc*a[n, p] + b[n, c]; then dx[n, idx_s, p] += mc[n, idx_s]*vs[n, p]
+// and dx[n, c, idx_c] += vc[n, c] (the max-pool routes; each target element is distinct).
+at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& a,
+                      const at::Tensor& bc, const at::Tensor& idx_s, const at::Tensor& vs,
+                      const at::Tensor& idx_c, const at::Tensor& vc) {
+  TORCH_CHECK(g.is_contiguous(), "input_grad: contiguous NCHW gradient expected");
+  const int64_t N = g.size(0), C = g.size(1), HW = g.size(2) * g.size(3);
+  auto dx = at::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "input_grad", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* dp = dx.data_ptr<scalar_t>();
+    const A *cp = mc.data_ptr<A>(), *sp = ms.data_ptr<A>(), *ap = a.data_ptr<A>(), *bp = bc.data_ptr<A>();
+    const A *vsp = vs.data_ptr<A>(), *vcp = vc.data_ptr<A>();
+    const int32_t *isp = idx_s.data_ptr<int32_t>(), *icp = idx_c.data_ptr<int32_t>();
+    at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / C;
+        const A w = cp[r], off = bp[r];
+        const A *s = sp + n * HW, *av = ap + n * HW;
+        const scalar_t* gr = gp + r * HW;
+        scalar_t* dr = dp + r * HW;
+        for (int64_t i = 0; i < HW; ++i)
+          dr[i] = static_cast<scalar_t>(static_cast<A>(gr[i]) * w * s[i] + w * av[i] + off);
+        const int64_t k = icp[r];
+        dr[k] = static_cast<scalar_t>(static_cast<A>(dr[k]) + vcp[r]);
+      }
+    });
+    at::parallel_for(0, N * HW, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / HW, p = t % HW, c = isp[t];
+        scalar_t* d = dp + (n * C + c) * HW + p;
+        *d = static_cast<scalar_t>(static_cast<A>(*d) + cp[n * C + c] * vsp[t]);
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("channel_pool", &channel_pool);
+  m.def("spatial_pool", &spatial_pool);
+  m.def("apply", &apply);
+  m.def("bwd_reduce", &bwd_reduce);
+  m.def("row_dot", &row_dot);
+  m.def("input_grad", &input_grad);
+}

@@ -1,0 +1,203 @@
+"""Fused CBAM (channel-first, avg+max pooling, ReLU MLP, sigmoid gates) as one custom op.
+
+Forward: three passes over x -- channel pooling (read x), channel-wise pooling of
+``x * M_c`` (read x), ``y = x * M_c * M_s`` (read x, write y) -- with the MLP and
+the k x k conv (+BN) on the small pooled tensors in between. ``x * M_c`` is never
+materialised.
+
+Backward: saves only x, the two gates, the pooled descriptors (small) and the
+argmax indices, then ``bwd_reduce`` (read g and x: dM_c and dM_s together),
+``row_dot`` (read x: the channel-mean route into dM_c) and ``input_grad`` (read g,
+write dx) -- 4 reads and 1 write of the full tensor.
+
+Both directions are ``torch.library`` custom ops (``cbam::fused_cbam_fwd`` /
+``cbam::fused_cbam_bwd``) with fake implementations, so ``torch.compile`` and
+``torch.export`` see one op. Kernels: C++ (contiguous CPU), Triton (CUDA), and
+torch ops for everything else (channels_last on CPU, or when no compiler).
+"""
+from types import ModuleType
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _cpu
+from . import _torch_kernels as TK
+from ._small import mlp_backward, mlp_forward, spatial_backward, spatial_forward
+
+_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _triton():
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from . import _triton_kernels
+        return _triton_kernels if _triton_kernels.AVAILABLE else None
+    except ImportError:
+        return None
+
+
+def kernels_for(x: Tensor) -> ModuleType:
+    """The kernel set that runs for ``x``: C++ (contiguous CPU), Triton (CUDA) or torch."""
+    if x.device.type == "cpu" and x.is_contiguous():
+        mod = _cpu.load()
+        if mod is not None:
+            return mod
+    if x.device.type == "cuda" and x.is_contiguous():
+        tri = _triton()
+        if tri is not None:
+            return tri
+    return TK
+
+
+def backend_name(x: Tensor) -> str:
+    k = kernels_for(x)
+    return "torch" if k is TK else ("triton" if x.device.type == "cuda" else "cpp")
+
+
+def _empty(x: Tensor) -> Tensor:
+    return x.new_empty(0)
+
+
+@torch.library.custom_op("cbam::fused_cbam_fwd", mutates_args=())
+def _fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
+         bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
+         rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+    n, c, h, w = x.shape
+    K = kernels_for(x)
+    p_avg, p_max, idx_c = K.channel_pool(x)
+    mc = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
+    s_avg, s_max, idx_s = K.spatial_pool(x, mc)
+    sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
+    ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
+    y = K.apply(x, mc, ms.view(n, h * w))
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+@_fwd.register_fake
+def _fwd_fake(x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first):
+    n, c, h, w = x.shape
+    acc = TK.acc_dtype(x)
+    f = dict(device=x.device, dtype=acc)
+    return [torch.empty_like(x), x.new_empty((n, c), **f), x.new_empty((n, 1, h, w), **f),
+            x.new_empty((n, c), **f), x.new_empty((n, c), **f), x.new_empty((n, c), dtype=torch.int32),
+            x.new_empty((n, 2, h, w), **f), x.new_empty((n, h * w), dtype=torch.int32), x.new_empty(1, **f),
+            x.new_empty(1, **f)]
+
+
+@torch.library.custom_op("cbam::fused_cbam_bwd", mutates_args=())
+def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor, p_avg: Tensor, p_max: Tensor,
+         idx_c: Tensor, sd: Tensor, idx_s: Tensor, bmean: Tensor, bvar: Tensor, w1: Tensor, b1: Optional[Tensor],
+         w2: Tensor, b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], use_bn: bool,
+         training: bool, eps: float, max_first: bool) -> List[Tensor]:
+    n, c, h, w = x.shape
+    hw = h * w
+    g = gy.contiguous() if x.is_contiguous() else gy.contiguous(memory_format=torch.channels_last)
+    K = kernels_for(x)
+    r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
+    dmc = r_c + gmc
+    dms = r_s.view(n, 1, h, w) + gms
+    dsd, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms, ms, sd, wc, bc, bn_w, use_bn, training, bmean, bvar, eps)
+    d_avg, d_max = (dsd[:, 1], dsd[:, 0]) if max_first else (dsd[:, 0], dsd[:, 1])
+    a = (d_avg / c).reshape(n, hw).contiguous()
+    d_max = d_max.reshape(n, hw).contiguous()
+    dmc = dmc + K.row_dot(x, a)                                      # read x
+    idx = idx_s.long()
+    x_at = x.flatten(2).gather(1, idx[:, None, :])[:, 0].to(dmc.dtype)  # N*HW elements, not a pass
+    dmc = dmc.scatter_add(1, idx, x_at * d_max)
+    d_avg_c, d_max_c, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+    dx = K.input_grad(g, mc, ms.view(n, hw), a, (d_avg_c / hw).contiguous(), idx_s, d_max,
+                      idx_c, d_max_c.contiguous())                   # read g, write dx
+    out = [dx, dw1.to(w1.dtype), _empty(w1) if b1 is None else db1.to(b1.dtype), dw2.to(w2.dtype),
+           _empty(w2) if b2 is None else db2.to(b2.dtype), dwc.to(wc.dtype),
+           _empty(wc) if bc is None else dbc.to(bc.dtype)]
+    out += [dbn_w.to(bn_w.dtype), dbn_b.to(bn_w.dtype)] if use_bn and bn_w is not None else [_empty(wc), _empty(wc)]
+    return out
+
+
+@_bwd.register_fake
+def _bwd_fake(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w,
+              use_bn, training, eps, max_first):
+    e = wc.new_empty(0)
+    return [torch.empty_like(x), torch.empty_like(w1), e if b1 is None else torch.empty_like(b1),
+            torch.empty_like(w2), e if b2 is None else torch.empty_like(b2), torch.empty_like(wc),
+            e if bc is None else torch.empty_like(bc)] + (
+        [torch.empty_like(bn_w), torch.empty_like(bn_w)] if use_bn and bn_w is not None else [e, e])
+
+
+def _setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first = inputs
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar = output
+    ctx.save_for_backward(x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w)
+    ctx.flags = (use_bn, training, eps, max_first)
+
+
+def _backward(ctx, *grads):
+    if len(grads) == 1 and isinstance(grads[0], (list, tuple)):  # a List[Tensor] output gets one list
+        grads = tuple(grads[0])
+    gy, gmc, gms = grads[:3]
+    x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w = ctx.saved_tensors
+    use_bn, training, eps, max_first = ctx.flags
+    gy = torch.zeros_like(x) if gy is None else gy
+    gmc = torch.zeros_like(mc) if gmc is None else gmc
+    gms = torch.zeros_like(ms) if gms is None else gms
+    g = _bwd(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w,
+             use_bn, training, eps, max_first)
+    dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b = g
+    none_if = lambda t, ref: None if ref is None else t  # noqa: E731
+    return (dx, dw1, none_if(db1, b1), dw2, none_if(db2, b2), dwc, none_if(dbc, bc),
+            dbn_w if use_bn and bn_w is not None else None, dbn_b if use_bn and bn_w is not None else None,
+            None, None, None, None, None, None)
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def fused_available(x: Tensor, require: bool = False) -> bool:
+    """Whether the fused op runs on compiled kernels for ``x`` (what ``impl="auto"`` asks);
+    with ``require`` (``impl="fused"``) it only needs a supported dtype/device, and raises otherwise."""
+    ok = x.dtype in _FLOAT and x.device.type in ("cpu", "cuda") and x.dim() == 4
+    if require:
+        if not ok:
+            raise ValueError(f"the fused CBAM op needs a 4-D float16/bfloat16/float32/float64 tensor on CPU or CUDA, "
+                             f"got {x.dtype} on {x.device}; use impl='reference'")
+        return True
+    return ok and backend_name(x) != "torch"
+
+
+def fused_cbam_with_gates(
+    x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor],
+    conv_weight: Tensor, conv_bias: Optional[Tensor] = None, bn_weight: Optional[Tensor] = None,
+    bn_bias: Optional[Tensor] = None, bn_running_mean: Optional[Tensor] = None,
+    bn_running_var: Optional[Tensor] = None, bn_training: bool = False, bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5, use_bn: bool = False, pool_types: Optional[List[str]] = None, order: str = "avg_max",
+    arrangement: str = "channel_first", act: str = "relu", gate: str = "sigmoid",
+    pool_weight: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Same signature and result as :func:`cbam.functional.cbam_with_gates`, for the
+    configuration the fused op covers; updates BN running statistics like ``F.batch_norm``."""
+    if arrangement != "channel_first" or act != "relu" or gate != "sigmoid" or pool_weight is not None or \
+            sorted(pool_types or ["avg", "max"]) != ["avg", "max"] or order not in ("avg_max", "max_avg"):
+        raise ValueError("the fused CBAM op covers arrangement='channel_first', pool_types avg+max, act='relu', "
+                         "gate='sigmoid' and avg/max spatial pooling; use cbam.functional for other forms")
+    fused_available(x, require=True)
+    if use_bn and (bn_weight is None or bn_bias is None or (not bn_training and bn_running_var is None)):
+        raise ValueError("use_bn=True needs bn_weight and bn_bias (and running statistics in eval mode)")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    n, c, h, w = x.shape
+    y, mc, ms, *_, bmean, bvar = _fwd(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                                      bn_weight, bn_bias, bn_running_mean, bn_running_var, use_bn, bn_training,
+                                      float(bn_eps), order == "max_avg")
+    if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
+        with torch.no_grad():
+            m = n * h * w
+            bn_running_mean.lerp_(bmean.to(bn_running_mean.dtype), bn_momentum)
+            bn_running_var.lerp_((bvar * m / max(m - 1, 1)).to(bn_running_var.dtype), bn_momentum)
+    return y, mc.view(n, c, 1, 1).to(x.dtype), ms.to(x.dtype)
+
+
+def fused_cbam(*args, **kwargs) -> Tensor:
+    """Same signature and result as :func:`cbam.functional.cbam` (fused configurations only)."""
+    return fused_cbam_with_gates(*args, **kwargs)[0]
