@@ -35,20 +35,39 @@ std::vector<at::Tensor> channel_pool(const at::Tensor& x) {
     A* ap = avg.data_ptr<A>();
     A* mp = mx.data_ptr<A>();
     int32_t* ip = idx.data_ptr<int32_t>();
+    constexpr int64_t L = 16;  // independent lanes: the loop over l vectorises (sum, max, argmax by blend)
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* row = xp + r * HW;
-        A s = 0, m = -std::numeric_limits<A>::infinity();
-        for (int64_t i = 0; i < HW; ++i) {  // vectorisable: sum and max
-          A v = static_cast<A>(row[i]);
-          s += v;
-          m = v > m ? v : m;
+        A s[L], m[L];
+        int32_t k[L];
+        const A first = static_cast<A>(row[0]);
+        for (int64_t l = 0; l < L; ++l) { s[l] = 0; m[l] = first; k[l] = 0; }
+        const int64_t full = HW / L * L;
+        for (int64_t i = 0; i < full; i += L) {
+          _Pragma("omp simd")
+          for (int64_t l = 0; l < L; ++l) {
+            A v = static_cast<A>(row[i + l]);
+            s[l] += v;
+            bool gt = v > m[l];
+            m[l] = gt ? v : m[l];
+            k[l] = gt ? static_cast<int32_t>(i + l) : k[l];
+          }
         }
-        int64_t k = 0;
-        while (k < HW - 1 && static_cast<A>(row[k]) != m) ++k;  // first argmax; the row is in cache
-        ap[r] = s / static_cast<A>(HW);
-        mp[r] = m;
-        ip[r] = static_cast<int32_t>(k);
+        A st = 0, mm = first;
+        int32_t kk = 0;
+        for (int64_t i = full; i < HW; ++i) {
+          A v = static_cast<A>(row[i]);
+          st += v;
+          if (v > mm) { mm = v; kk = static_cast<int32_t>(i); }
+        }
+        for (int64_t l = 0; l < L; ++l) {  // first occurrence of the maximum across lanes and tail
+          st += s[l];
+          if (m[l] > mm || (m[l] == mm && k[l] < kk)) { mm = m[l]; kk = k[l]; }
+        }
+        ap[r] = st / static_cast<A>(HW);
+        mp[r] = mm;
+        ip[r] = kk;
       }
     });
   });
@@ -80,6 +99,7 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc) 
           const scalar_t* row = xp + (n * C + c) * HW + p0;
           const A w = cp[n * C + c];
           const int32_t ci = static_cast<int32_t>(c);
+          _Pragma("omp simd")
           for (int64_t i = 0; i < len; ++i) {
             A v = static_cast<A>(row[i]) * w;
             s[i] += v;
@@ -116,6 +136,7 @@ at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms
         const A* s = sp + (r / C) * HW;
         const scalar_t* xr = xp + r * HW;
         scalar_t* yr = yp + r * HW;
+        _Pragma("omp simd")
         for (int64_t i = 0; i < HW; ++i) yr[i] = static_cast<scalar_t>(static_cast<A>(xr[i]) * w * s[i]);
       }
     });
@@ -150,6 +171,7 @@ std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, con
           const scalar_t* gr = gp + (n * C + c) * HW + p0;
           const A w = cp[n * C + c];
           A dot = 0;
+          _Pragma("omp simd reduction(+:dot)")
           for (int64_t i = 0; i < len; ++i) {
             A v = static_cast<A>(gr[i]) * static_cast<A>(xr[i]);
             acc[i] += v * w;
@@ -179,6 +201,7 @@ at::Tensor row_dot(const at::Tensor& x, const at::Tensor& a) {
         const scalar_t* xr = xp + r * HW;
         const A* ar = ap + (r / C) * HW;
         A s = 0;
+        _Pragma("omp simd reduction(+:s)")
         for (int64_t i = 0; i < HW; ++i) s += static_cast<A>(xr[i]) * ar[i];
         op[r] = s;
       }
@@ -209,6 +232,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
         const A *s = sp + n * HW, *av = ap + n * HW;
         const scalar_t* gr = gp + r * HW;
         scalar_t* dr = dp + r * HW;
+        _Pragma("omp simd")
         for (int64_t i = 0; i < HW; ++i)
           dr[i] = static_cast<scalar_t>(static_cast<A>(gr[i]) * w * s[i] + w * av[i] + off);
         const int64_t k = icp[r];

@@ -1,0 +1,208 @@
+"""The fused CBAM op against the reference (cbam.functional): values, gradients, BN statistics,
+over a hypothesis-drawn shape/dtype/layout matrix; gradcheck; registration for compile/export."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import cbam
+from cbam import functional as Fn
+from cbam.ops import backend_name, fused_cbam, fused_cbam_with_gates
+from cbam.ops import _torch_kernels as TK
+from tests.helpers import randomize_
+
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 3e-2),
+       torch.float16: (5e-3, 5e-3)}
+
+
+def _pair(preset, c, dtype, train, **kw):
+    ref = randomize_(cbam.CBAM.from_preset(preset, c, impl="reference", **kw)).train(train)
+    fus = cbam.CBAM.from_preset(preset, c, impl="fused", **kw).train(train)
+    fus.load_state_dict(ref.state_dict())
+    return ref, fus
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+@given(n=st.integers(1, 64), c=st.integers(1, 2048), h=st.integers(1, 112), w=st.integers(1, 112),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+       channels_last=st.booleans(), preset=st.sampled_from(["paper", "official", "timm"]), train=st.booleans(),
+       k=st.sampled_from([3, 7]))
+def test_matches_reference(n, c, h, w, dtype, channels_last, preset, train, k):
+    if n * c * h * w > 600_000:  # keep each example to a few ms on 2 cores
+        c = max(1, 600_000 // (n * h * w))
+    if train and preset != "paper" and n * h * w == 1:
+        train = False  # BN needs more than one value per batch
+    ref, fus = _pair(preset, c, dtype, train, kernel_size=k)
+    low = dtype in (torch.bfloat16, torch.float16)
+    ref_lp = None
+    if low:  # the reference in the same low precision: the fused op must be no worse than it
+        ref_lp = cbam.CBAM.from_preset(preset, c, impl="reference", kernel_size=k).train(train)
+        ref_lp.load_state_dict(ref.state_dict())
+        ref_lp.to(dtype)
+    x = torch.randn(n, c, h, w)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(n, c, h, w)
+
+    def run(m, xdtype):
+        xx = x.to(dtype).to(xdtype).requires_grad_()
+        y = m(xx)
+        (y.to(g.dtype if xdtype != torch.float64 else torch.float64) * g.to(y.dtype).to(
+            torch.float64 if xdtype == torch.float64 else torch.float32)).sum().backward()
+        return y, xx.grad, [p.grad for p in m.parameters()], list(m.buffers())
+
+    # the oracle: the reference in float64 on the same (rounded) input
+    y_o, gx_o, gp_o, b_o = run(ref.double(), torch.float64)
+    if dtype != torch.float64:
+        fus.float()
+    y, gx, gp, b = run(fus, dtype)
+    assert y.dtype == dtype and y.shape == x.shape
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last)  # layout preserved
+    else:
+        assert y.is_contiguous()
+    base = run(ref_lp, dtype) if low else None
+    lim = {torch.float64: 1e-7, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+
+    def check(got, want, i, what):
+        err = _rel(got, want)
+        allowed = lim if base is None else max(lim, 3 * _rel(base[i] if i < 2 else base[2][what], want))
+        assert err <= allowed, (what, err, allowed)
+
+    check(y, y_o, 0, "y")
+    check(gx, gx_o, 1, "dx")
+    names = [nm for nm, _ in ref.named_parameters()]
+    for j, (a, bb) in enumerate(zip(gp, gp_o)):
+        if bb.abs().max() > 0:
+            check(a, bb, 2, j) if base is not None else check(a, bb, 2, names[j])
+    for (name, br), bf in zip(ref.named_buffers(), b):
+        torch.testing.assert_close(bf.double(), br.double(), rtol=1e-3 if low else 1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_float64(preset, channels_last):
+    ref = randomize_(cbam.CBAM.from_preset(preset, 12, impl="fused", dtype=torch.float64)).eval()
+    ch, sp = ref.channel, ref.spatial
+    bn = sp.bn
+    x = torch.randn(2, 12, 5, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+
+    def f(x, w1, w2, wc, *bnp):
+        args = (bnp[0], bnp[1], bn.running_mean, bn.running_var, False, 0.1, 1e-5, True) if bnp else ()
+        return fused_cbam(x, w1, ch.fc1.bias, w2, ch.fc2.bias, wc, None, *args,
+                          order=sp.pool_order)
+    params = [ch.fc1.weight, ch.fc2.weight, sp.conv.weight] + ([bn.weight, bn.bias] if bn is not None else [])
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_training_bn_and_gate_outputs():
+    m = randomize_(cbam.CBAM.from_preset("official", 8, impl="fused", dtype=torch.float64)).train()
+    ch, sp, bn = m.channel, m.spatial, m.spatial.bn
+    x = torch.randn(3, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w1, b1, w2, b2, wc, bw, bb):
+        y, mc, ms = fused_cbam_with_gates(x, w1, b1, w2, b2, wc, None, bw, bb, None, None, True, 0.1, 1e-5, True,
+                                          order="max_avg")
+        return y, mc, ms  # gradients through the returned gates too
+    assert torch.autograd.gradcheck(f, (x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
+                                        bn.weight, bn.bias), eps=1e-6, atol=1e-6)
+
+
+def test_same_signature_as_reference():
+    m = randomize_(cbam.CBAM(16, dtype=torch.float64))
+    ch, sp = m.channel, m.spatial
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
+    a = Fn.cbam(x, ch.fc1.weight, None, ch.fc2.weight, None, sp.conv.weight)
+    b = fused_cbam(x, ch.fc1.weight, None, ch.fc2.weight, None, sp.conv.weight)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="channel_first"):
+        fused_cbam(x, ch.fc1.weight, None, ch.fc2.weight, None, sp.conv.weight, arrangement="parallel")
+
+
+def test_kernel_sets_agree():
+    """C++ kernels (when built) against the torch kernels on every pass."""
+    from cbam.ops import _cpu
+    K = _cpu.load()
+    if K is None:
+        pytest.skip(f"C++ kernels not built here: {_cpu.error()}")
+    torch.manual_seed(0)
+    x, g = torch.randn(3, 37, 11, 13), torch.randn(3, 37, 11, 13)
+    mc, ms, a = torch.rand(3, 37), torch.rand(3, 143), torch.randn(3, 143)
+    for u, v in zip(K.channel_pool(x), TK.channel_pool(x)):
+        torch.testing.assert_close(u, v)
+    for u, v in zip(K.spatial_pool(x, mc), TK.spatial_pool(x, mc)):
+        torch.testing.assert_close(u, v)
+    torch.testing.assert_close(K.apply(x, mc, ms), TK.apply(x, mc, ms))
+    for u, v in zip(K.bwd_reduce(g, x, mc, ms), TK.bwd_reduce(g, x, mc, ms)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(K.row_dot(x, a), TK.row_dot(x, a), rtol=1e-4, atol=1e-4)
+    idx_s, idx_c = torch.randint(0, 37, (3, 143), dtype=torch.int32), torch.randint(0, 143, (3, 37), dtype=torch.int32)
+    vs, vc, b = torch.randn(3, 143), torch.randn(3, 37), torch.randn(3, 37)
+    torch.testing.assert_close(K.input_grad(g, mc, ms, a, b, idx_s, vs, idx_c, vc),
+                               TK.input_grad(g, mc, ms, a, b, idx_s, vs, idx_c, vc))
+
+
+def test_saved_for_backward_is_lean():
+    """What autograd keeps: x plus small tensors (<= 1.1x the input's bytes at ResNet shapes)."""
+    x = torch.randn(4, 256, 28, 28, requires_grad=True)
+    m = cbam.CBAM(256, impl="fused")
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    seen, total = set(), 0
+    for t in saved:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    assert total <= 1.1 * x.numel() * x.element_size(), total / (x.numel() * 4)
+    y.sum().backward()
+
+
+def test_compile_fullgraph_and_opcheck():
+    torch._dynamo.reset()
+    m = randomize_(cbam.CBAM.from_preset("official", 16, impl="fused")).eval()
+    x = torch.randn(2, 16, 7, 5)
+    cm = torch.compile(m, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(cm(x), m(x))
+    ch, sp, bn = m.channel, m.spatial, m.spatial.bn
+    args = (x.requires_grad_(), ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, None,
+            bn.weight, bn.bias, bn.running_mean, bn.running_var, True, False, 1e-5, True)
+    torch.library.opcheck(torch.ops.cbam.fused_cbam_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_auto_chooses_and_reports():
+    m = cbam.CBAM(16)
+    x = torch.randn(1, 16, 4, 4)
+    assert m.uses_fused(x) == (backend_name(x) != "torch")
+    assert not cbam.CBAM(16, impl="reference").uses_fused(x)
+    assert not cbam.CBAM(16, arrangement="parallel").uses_fused(x)
+    assert "(reference only)" in repr(cbam.CBAM(16, pool_types=("avg",)))
+    m = cbam.CBAM(16).eval()
+    s = torch.jit.script(m)  # scripting falls back to the reference path
+    torch.testing.assert_close(s(x), m(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_reference():
+    ref, fus = _pair("official", 256, torch.float32, True)
+    ref.cuda(), fus.cuda()
+    x = torch.randn(8, 256, 28, 28, device="cuda", requires_grad=True)
+    y1 = ref(x)
+    y1.square().sum().backward()
+    g1 = x.grad.clone()
+    x.grad = None
+    y2 = fus(x)
+    y2.square().sum().backward()
+    assert backend_name(x.detach()) == "triton"
+    assert _rel(y2, y1) < 1e-5 and _rel(x.grad, g1) < 1e-4
