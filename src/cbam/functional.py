@@ -9,9 +9,12 @@ Shapes: ``x`` is ``(N, C, H, W)``; every ``*_attention`` function returns a
 tensor of the same shape, every ``*_gate`` function the weights that multiply
 ``x`` (broadcastable to it).
 
-Pooling uses reductions (``mean``/``amax``), never adaptive pooling: adaptive
+Pooling uses reductions (``mean``/``max``), never adaptive pooling: adaptive
 pooling produced NaN under AMP with channels_last in other projects, and
-exports to ONNX less cleanly.
+exports to ONNX less cleanly. Max pooling is ``max(dim)`` rather than ``amax``:
+equal values, but the gradient goes to the first maximal element only, as with
+the authors' max pooling (``amax`` splits it among ties); the fused kernels
+route it the same way, so low-precision inputs with tied maxima agree exactly.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ def channel_descriptors(x: Tensor, pool_types: List[str]) -> Tensor:
         if p == "avg":
             out.append(x.mean((2, 3)))
         elif p == "max":
-            out.append(x.amax((2, 3)))
+            out.append(x.flatten(2).max(2)[0])
         elif p == "lp":
             out.append(x.square().sum((2, 3)).sqrt())
         elif p == "lse":
@@ -140,7 +143,7 @@ def spatial_descriptors(x: Tensor, order: str = "avg_max") -> Tensor:
     the authors' code (``ChannelPool`` concatenates max first).
     """
     avg = x.mean(1, keepdim=True)
-    mx = x.amax(1, keepdim=True)
+    mx = x.max(1, keepdim=True)[0]
     if order == "avg_max":
         return torch.cat([avg, mx], 1)
     if order == "max_avg":
