@@ -97,6 +97,26 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import os as _os
+    from . import bench
+    if a.smoke:
+        bench.STAGES[:] = [(32, 8), (64, 4)]
+        a.n, a.reps, a.net_batch, a.net_size = 2, 1, 1, 32
+    if a.device == "cpu" and not _os.environ.get("THP_MEM_ALLOC_ENABLE"):
+        print("note: THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for torch's CPU allocator) cuts the cost of "
+              "fresh large allocations ~4x here, for every network alike; see docs/PERFORMANCE.md")
+    md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, a.net_batch, a.net_size,
+                         not a.no_stages, True, a.out)
+    print("\n" + md)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cbam", description="CBAM and its attention family: train, evaluate, compare.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -121,11 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="retrain even if runs exist")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
-    for extra in ("cbam.bench_cli", "cbam.viz.cli", "cbam.export.cli", "cbam.ablate.cli"):
-        try:
-            __import__(extra, fromlist=["register"]).register(sub)
-        except ImportError:
-            pass
+    b = sub.add_parser("bench", help="fused vs eager CBAM, the memory bound, ResNet-50 overhead (a command, "
+                                     "not a test)")
+    b.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    b.add_argument("--n", type=int, default=32, help="batch of the stage shapes")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--reps", type=int, default=5)
+    b.add_argument("--net-batch", type=int, default=8)
+    b.add_argument("--net-size", type=int, default=224)
+    b.add_argument("--no-network", action="store_true")
+    b.add_argument("--no-stages", action="store_true")
+    b.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: checks the machinery only")
+    b.add_argument("--out", help="also write the markdown table here")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 
