@@ -185,7 +185,7 @@ def test_compile_fullgraph_and_opcheck():
 def test_auto_chooses_and_reports():
     m = cbam.CBAM(16)
     x = torch.randn(1, 16, 4, 4)
-    assert m.uses_fused(x) == (backend_name(x) != "torch")
+    assert m.uses_fused(x) == (backend_name(x) == "cpp")
     assert not cbam.CBAM(16, impl="reference").uses_fused(x)
     assert not cbam.CBAM(16, arrangement="parallel").uses_fused(x)
     assert "(reference only)" in repr(cbam.CBAM(16, pool_types=("avg",)))

@@ -163,7 +163,9 @@ def fused_available(x: Tensor, require: bool = False) -> bool:
             raise ValueError(f"the fused CBAM op needs a 4-D float16/bfloat16/float32/float64 tensor on CPU or CUDA, "
                              f"got {x.dtype} on {x.device}; use impl='reference'")
         return True
-    return ok and backend_name(x) != "torch"
+    # "auto" takes the C++ CPU kernels only: on CUDA the fused op is launch-bound at ResNet shapes and
+    # measured slower than eager (docs/PERFORMANCE.md), so there it is opt-in (impl="fused")
+    return ok and backend_name(x) == "cpp"
 
 
 def fused_cbam_with_gates(
