@@ -86,14 +86,95 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_model(path: str):
+    """(model, config, dataset of its test split) of a run folder's last checkpoint."""
+    from .data import load_dataset
+    from .models import load_checkpoint
+    from .train import build_model
+    from .train.checkpoint import latest_checkpoint
+    from .train.report import load_run
+    run = load_run(path)
+    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in TrainConfig.__dataclass_fields__})
+    ck = latest_checkpoint(path)
+    if ck is None:
+        raise FileNotFoundError(f"{path} has no checkpoint yet")
+    data = load_dataset(cfg.data, "test", cfg.data_root)
+    return load_checkpoint(build_model(cfg, data.num_classes, data.in_chans), ck[1]).eval(), cfg, data
+
+
+def _viz_images(data, n: int, files=None):
+    import torch
+    from .data import EvalTransform
+    if files:
+        from PIL import Image
+        import numpy as np
+        arrs = []
+        for f in files:
+            with Image.open(f) as im:
+                im = im.convert("L" if data.in_chans == 1 else "RGB").resize((data.image_size,) * 2)
+                a = np.asarray(im, dtype=np.uint8)
+                arrs.append(a[None] if data.in_chans == 1 else a.transpose(2, 0, 1))
+        raw, titles = torch.from_numpy(np.stack(arrs)), [os.path.basename(f) for f in files]
+    else:
+        idx = torch.arange(n) * (len(data) // n)
+        raw, titles = data.images[idx], [data.classes[int(data.labels[i])] for i in idx]
+    return EvalTransform(data.mean, data.std, data.image_size)(raw), titles
+
+
+def _demo_viz(out: str, runs, names):
+    from .viz.report import visualize
+    models, data = {}, None
+    for r, n in zip(runs, names):
+        models[n], _, data = _load_run_model(r["path"])
+    x, titles = _viz_images(data, 6)
+    md = visualize(models, x, titles, os.path.join(out, "viz"))
+    return [line.replace("](", "](viz/") if line.startswith("![") else line for line in md[1:]]
+
+
+def cmd_viz(a: argparse.Namespace) -> int:
+    from .viz.report import visualize
+    models, data = {}, None
+    for path in a.runs:
+        m, cfg, data = _load_run_model(path)
+        models[os.path.basename(os.path.normpath(path))] = m
+    x, titles = _viz_images(data, a.n, a.images)
+    visualize(models, x, titles, a.out)
+    print(f"written: {os.path.join(a.out, 'index.md')} and its PNGs")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import torch
+    from . import export as E
+    model, cfg, data = _load_run_model(a.run)
+    size = cfg.image_size or data.image_size
+    x = torch.randn(2, data.in_chans, size, size)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    if a.format == "onnx":
+        E.export_onnx(model, a.out, x, opset=a.opset, min_size=a.min_size)
+        err = E.check_onnx(a.out, model, [torch.randn(n, data.in_chans, size, size) for n in (1, 3)])
+        print(f"written {a.out}; onnxruntime vs PyTorch max |diff| = {err:.2e}; ops: "
+              f"{', '.join(sorted(E.onnx_op_types(a.out)))}")
+    elif a.format in ("script", "trace"):
+        E.export_torchscript(model, a.out, a.format, x)
+        print(f"written {a.out} (TorchScript, {a.format})")
+    else:
+        from ._io import atomic_write
+        ep = E.export_program(model, x, min_size=a.min_size)
+        atomic_write(a.out, lambda p: torch.export.save(ep, p))
+        print(f"written {a.out} (torch.export program, fused op decomposed)")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .train.demo import run_demo
-    hooks = None
+    hook = None
     try:
-        from .viz.report import demo_attention_section as hooks  # present once visualisation exists
+        import matplotlib  # noqa: F401  (figures need the viz extra)
+        hook = _demo_viz
     except ImportError:
         pass
-    run_demo(a.out, quick=a.quick, progress=not a.no_progress, resume=not a.fresh, after_training=hooks)
+    run_demo(a.out, quick=a.quick, progress=not a.no_progress, resume=not a.fresh, after_training=hook)
     return 0
 
 
@@ -141,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="retrain even if runs exist")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
+    v = sub.add_parser("viz", help="attention maps per stage and Grad-CAM of trained runs (PNG + index.md)")
+    v.add_argument("runs", nargs="+", help="run folders, e.g. a baseline and a CBAM run")
+    v.add_argument("--images", nargs="*", help="image files (default: test images of the runs' dataset)")
+    v.add_argument("--n", type=int, default=6, help="number of dataset images")
+    v.add_argument("--out", default="runs/viz")
+    v.set_defaults(fn=cmd_viz)
+    x = sub.add_parser("export", help="ONNX (checked in onnxruntime), TorchScript or torch.export of a run")
+    x.add_argument("run")
+    x.add_argument("--format", default="onnx", choices=["onnx", "script", "trace", "program"])
+    x.add_argument("--out", required=True)
+    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--min-size", type=int, default=8, help="smallest dynamic H/W the export must accept")
+    x.set_defaults(fn=cmd_export)
     b = sub.add_parser("bench", help="fused vs eager CBAM, the memory bound, ResNet-50 overhead (a command, "
                                      "not a test)")
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")

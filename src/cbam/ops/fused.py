@@ -60,12 +60,11 @@ def _empty(x: Tensor) -> Tensor:
     return x.new_empty(0)
 
 
-@torch.library.custom_op("cbam::fused_cbam_fwd", mutates_args=())
-def _fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
-         bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
-         rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+def _forward_body(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                  wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
+                  rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
+                  max_first: bool) -> List[Tensor]:
     n, c, h, w = x.shape
-    K = kernels_for(x)
     p_avg, p_max, idx_c = K.channel_pool(x)
     mc = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
     s_avg, s_max, idx_s = K.spatial_pool(x, mc)
@@ -73,6 +72,20 @@ def _fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[T
     ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
     y = K.apply(x, mc, ms.view(n, h * w))
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+@torch.library.custom_op("cbam::fused_cbam_fwd", mutates_args=())
+def _fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
+         bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
+         rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+    return _forward_body(kernels_for(x), x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps,
+                         max_first)
+
+
+def decomposition(*args, **kwargs) -> List[Tensor]:
+    """``cbam::fused_cbam_fwd`` written with plain torch ops (the torch kernels): what
+    ``ExportedProgram.run_decompositions`` replaces the op with for export."""
+    return _forward_body(TK, *args, **kwargs)
 
 
 @_fwd.register_fake
