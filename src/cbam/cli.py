@@ -143,6 +143,30 @@ def cmd_viz(a: argparse.Namespace) -> int:
     return 0
 
 
+ABLATE_RECIPE = dict(model="resnet20", data="fashion-mnist", epochs=3, batch_size=128, lr=0.1, warmup_epochs=0.3,
+                     train_subset=6000, test_subset=2000, progress=False)
+
+
+def cmd_ablate(a: argparse.Namespace) -> int:
+    from .train.ablate import run_ablation
+    from .train import distributed as D
+    base = {**TrainConfig().to_dict(), **ABLATE_RECIPE}
+    if a.config:
+        base.update(TrainConfig.from_file(a.config).to_dict())
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(a, f.name, None)
+        if v is not None:
+            base[f.name] = v
+    if a.smoke:
+        base.update(epochs=1, train_subset=256, test_subset=128, batch_size=64)
+    root = a.out or "runs/ablate"
+    path = run_ablation(TrainConfig.from_dict(base), "smoke" if a.smoke else a.suite, a.seeds, root)
+    D.cleanup()
+    if path:
+        print(f"\nwritten: {path}, summary.csv, summary.png")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     import torch
     from . import export as E
@@ -228,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=6, help="number of dataset images")
     v.add_argument("--out", default="runs/viz")
     v.set_defaults(fn=cmd_viz)
+    ab = sub.add_parser("ablate", help="the paper's comparisons and ablations, several seeds, resumable")
+    ab.add_argument("--suite", default="paper", choices=["paper", "smoke"])
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--smoke", action="store_true", help="two variants, tiny subset: proves the machinery only")
+    ab.add_argument("--config", help="recipe file (TrainConfig fields)")
+    _add_config_flags(ab)
+    ab.set_defaults(fn=cmd_ablate)
     x = sub.add_parser("export", help="ONNX (checked in onnxruntime), TorchScript or torch.export of a run")
     x.add_argument("run")
     x.add_argument("--format", default="onnx", choices=["onnx", "script", "trace", "program"])

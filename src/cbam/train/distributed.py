@@ -13,9 +13,14 @@ import torch.distributed as dist
 from torch import nn
 
 
+_depth = 0  # nested setup() calls (ablate -> train): only the outermost tears the group down
+
+
 def setup() -> Tuple[int, int, torch.device]:
     """Initialise the process group when launched by torchrun; returns (rank, world, device)."""
+    global _depth
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    _depth += 1
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
@@ -28,7 +33,9 @@ def setup() -> Tuple[int, int, torch.device]:
 
 
 def cleanup() -> None:
-    if dist.is_initialized():
+    global _depth
+    _depth = max(0, _depth - 1)
+    if _depth == 0 and dist.is_initialized():
         dist.destroy_process_group()
 
 
