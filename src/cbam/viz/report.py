@@ -32,24 +32,31 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_spatial_maps(path: str, images: Tensor, maps: Dict[str, Dict[str, Tensor]], titles: Sequence[str]) -> str:
-    """One row per image: the image, then each stage's spatial attention overlaid on it."""
+def _overlay_grid(path: str, images: Tensor, columns: Dict[str, Tensor], titles: Sequence[str],
+                  fixed_range: bool) -> str:
+    """Rows: images; columns: the image, then each named map ``(N, H, W)`` overlaid on it."""
     plt = _plt()
-    stages = [s for s in maps if "spatial" in maps[s]]
     n = images.shape[0]
-    fig, axes = plt.subplots(n, 1 + len(stages), figsize=(1.9 * (1 + len(stages)), 1.9 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(1.9 * (1 + len(columns)), 1.9 * n), squeeze=False)
+    rng = dict(vmin=0, vmax=1) if fixed_range else {}
     for i in range(n):
         axes[i, 0].imshow(_show(images[i]), cmap="gray")
         axes[i, 0].set_title(titles[i], fontsize=7)
-        for j, s in enumerate(stages):
+        for j, (name, maps) in enumerate(columns.items()):
             axes[i, j + 1].imshow(_show(images[i]), cmap="gray")
-            axes[i, j + 1].imshow(maps[s]["spatial"][i].cpu().numpy(), cmap="jet", alpha=0.5)
+            axes[i, j + 1].imshow(maps[i].cpu().numpy(), cmap="jet", alpha=0.5, **rng)
             if i == 0:
-                axes[i, j + 1].set_title(f"{s} M_s", fontsize=8)
+                axes[i, j + 1].set_title(name, fontsize=8)
     for a in axes.flat:
         a.axis("off")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_spatial_maps(path: str, images: Tensor, maps: Dict[str, Dict[str, Tensor]], titles: Sequence[str]) -> str:
+    """One row per image: the image, then each stage's spatial attention overlaid on it."""
+    cols = {f"{s} M_s": maps[s]["spatial"] for s in maps if "spatial" in maps[s]}
+    return _overlay_grid(path, images, cols, titles, fixed_range=False)
 
 
 def plot_channel_distribution(path: str, maps: Dict[str, Dict[str, Tensor]]) -> Optional[str]:
@@ -69,22 +76,7 @@ def plot_channel_distribution(path: str, maps: Dict[str, Dict[str, Tensor]]) -> 
 
 def plot_gradcam(path: str, images: Tensor, cams: Dict[str, Tensor], titles: Sequence[str]) -> str:
     """Rows: images; columns: the image, then Grad-CAM of each network."""
-    plt = _plt()
-    names = list(cams)
-    n = images.shape[0]
-    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.9 * (1 + len(names)), 1.9 * n), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(_show(images[i]), cmap="gray")
-        axes[i, 0].set_title(titles[i], fontsize=7)
-        for j, k in enumerate(names):
-            axes[i, j + 1].imshow(_show(images[i]), cmap="gray")
-            axes[i, j + 1].imshow(cams[k][i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if i == 0:
-                axes[i, j + 1].set_title(f"Grad-CAM {k}", fontsize=8)
-    for a in axes.flat:
-        a.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _overlay_grid(path, images, {f"Grad-CAM {k}": v for k, v in cams.items()}, titles, fixed_range=True)
 
 
 def visualize(models: Dict[str, nn.Module], images: Tensor, titles: Sequence[str], out: str) -> List[str]:
