@@ -2,7 +2,7 @@
 without the DataLoader: at these sizes the whole dataset is a tensor, and batched transforms
 are far cheaper than per-image worker processes)."""
 import math
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -51,6 +51,3 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
         return self.batches()
 
-
-def make_generator(seed: int) -> Optional[torch.Generator]:
-    return torch.Generator().manual_seed(seed)
