@@ -23,12 +23,13 @@ def load() -> Optional[ModuleType]:
         if _mod is None and _failed is None:
             try:
                 from torch.utils.cpp_extension import load as _load
-                src = os.path.join(os.path.dirname(__file__), "csrc", "cbam_cpu.cpp")
+                d = os.path.join(os.path.dirname(__file__), "csrc")
+                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp")]
                 # -march=native is safe: the extension is compiled on the machine that runs it.
                 # The relaxed-associativity flags let gcc vectorise the float reductions.
                 flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math",
                          "-fno-signed-zeros", "-fno-trapping-math"]
-                _mod = _load("cbam_cpu_kernels", [src], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                _mod = _load("cbam_cpu_kernels", src, extra_cflags=flags, extra_ldflags=["-fopenmp"],
                              verbose=False)
             except Exception as e:  # no compiler, no headers, ...: fall back to torch kernels
                 _failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -21,7 +21,8 @@ def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return xf.mean(2, dtype=a), mx.to(a), idx.to(torch.int32)
 
 
-def spatial_pool(x: Tensor, mc: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def spatial_pool(x: Tensor, mc: Tensor, need_idx: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """need_idx is accepted for the common signature; the index is always computed here."""
     x1 = (x.to(mc.dtype) * mc[:, :, None, None]).flatten(2)
     mx, idx = x1.max(1)
     return x1.mean(1), mx, idx.to(torch.int32)

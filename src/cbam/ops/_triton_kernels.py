@@ -131,7 +131,8 @@ def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return avg, mx, idx
 
 
-def spatial_pool(x: Tensor, mc: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def spatial_pool(x: Tensor, mc: Tensor, need_idx: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """need_idx is accepted for the common signature; the index is always computed here."""
     n, c, h, w = x.shape
     hw = h * w
     avg = torch.empty((n, hw), device=x.device, dtype=torch.float32)

@@ -15,6 +15,7 @@ Both directions are ``torch.library`` custom ops (``cbam::fused_cbam_fwd`` /
 ``torch.export`` see one op. Kernels: C++ (contiguous CPU), Triton (CUDA), and
 torch ops for everything else (channels_last on CPU, or when no compiler).
 """
+import os
 from types import ModuleType
 from typing import List, Optional, Tuple
 
@@ -26,6 +27,24 @@ from . import _torch_kernels as TK
 from ._small import mlp_backward, mlp_forward, spatial_backward, spatial_forward
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _llc_bytes() -> int:
+    """Size of the last-level cache from sysfs (Linux); 8 MiB where it cannot be read."""
+    best = (0, 8 << 20)
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    for d in os.listdir(root) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, d, "level")) as f, open(os.path.join(root, d, "size")) as g:
+                level, size = int(f.read()), g.read().strip()
+            best = max(best, (level, int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)))
+        except (OSError, ValueError, KeyError):
+            continue
+    return best[1]
+
+
+_LLC_BYTES = _llc_bytes()  # last-level cache: decides whether a sample stays cached between passes
 
 
 def _triton():
@@ -60,26 +79,73 @@ def _empty(x: Tensor) -> Tensor:
     return x.new_empty(0)
 
 
+def _per_sample(K: ModuleType, x: Tensor) -> bool:
+    """Whether to run the C++ per-sample forward: enough samples to keep every thread busy, and
+    a sample small enough to stay in the last-level cache between the three passes."""
+    if not hasattr(K, "forward_samples"):
+        return False
+    n, threads = x.shape[0], torch.get_num_threads()
+    sample_bytes = x[0].numel() * x.element_size()
+    return (n % threads == 0 or n >= 4 * threads) and n >= threads and sample_bytes * threads <= _LLC_BYTES // 2
+
+
 def _forward_body(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                   wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
                   rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
-                  max_first: bool) -> List[Tensor]:
+                  max_first: bool, need_idx: bool = True) -> List[Tensor]:
     n, c, h, w = x.shape
+    if _per_sample(K, x):
+        return _forward_samples(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
+                                need_idx)
     p_avg, p_max, idx_c = K.channel_pool(x)
     mc = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
-    s_avg, s_max, idx_s = K.spatial_pool(x, mc)
+    s_avg, s_max, idx_s = K.spatial_pool(x, mc, need_idx)
     sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
     ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
     y = K.apply(x, mc, ms.view(n, h * w))
+    if not need_idx:  # inference: the argmax routes are only for backward
+        idx_c, idx_s = _no_idx(x), _no_idx(x)
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                     wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
+                     rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
+                     max_first: bool, need_idx: bool) -> List[Tensor]:
+    """The whole forward per sample in C++ (cbam_sample.cpp); eval-mode BN is folded into the
+    conv's output affine, training-mode BN needs the batch statistics before the gate is applied."""
+    n, c, h, w = x.shape
+    acc = TK.acc_dtype(x)
+    cast = lambda t: x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()  # noqa: E731
+    scale, shift, bn_train = 1.0, 0.0, use_bn and training
+    if use_bn and not training:
+        inv = (rv.double() + eps).rsqrt() * bn_w.double()
+        scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s = K.forward_samples(
+        x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
+        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train)
+    ms = ms.view(n, 1, h, w)
+    bmean, bvar = ms.new_zeros(1), ms.new_zeros(1)
+    if use_bn and not training:
+        bmean, bvar = rm.to(acc).reshape(1).clone(), rv.to(acc).reshape(1).clone()
+    if bn_train:  # the ms slot holds the conv output u
+        bmean, bvar = ms.mean().reshape(1), ms.var(unbiased=False).reshape(1)
+        ms = torch.sigmoid((ms - bmean) * torch.rsqrt(bvar + eps) * bn_w.to(acc) + bn_b.to(acc))
+        y = K.apply(x, mc, ms.view(n, h * w))
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+def _no_idx(x: Tensor) -> Tensor:
+    return x.new_empty(0, dtype=torch.int32)
 
 
 @torch.library.custom_op("cbam::fused_cbam_fwd", mutates_args=())
 def _fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
          bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
-         rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+         rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool,
+         need_idx: bool) -> List[Tensor]:
     return _forward_body(kernels_for(x), x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps,
-                         max_first)
+                         max_first, need_idx)
 
 
 def decomposition(*args, **kwargs) -> List[Tensor]:
@@ -89,14 +155,16 @@ def decomposition(*args, **kwargs) -> List[Tensor]:
 
 
 @_fwd.register_fake
-def _fwd_fake(x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first):
+def _fwd_fake(x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first, need_idx):
     n, c, h, w = x.shape
     acc = TK.acc_dtype(x)
     f = dict(device=x.device, dtype=acc)
+    i32 = dict(dtype=torch.int32)
+    idx_c, idx_s = (x.new_empty((n, c), **i32), x.new_empty((n, h * w), **i32)) if need_idx else \
+        (_no_idx(x), _no_idx(x))
     return [torch.empty_like(x), x.new_empty((n, c), **f), x.new_empty((n, 1, h, w), **f),
-            x.new_empty((n, c), **f), x.new_empty((n, c), **f), x.new_empty((n, c), dtype=torch.int32),
-            x.new_empty((n, 2, h, w), **f), x.new_empty((n, h * w), dtype=torch.int32), x.new_empty(1, **f),
-            x.new_empty(1, **f)]
+            x.new_empty((n, c), **f), x.new_empty((n, c), **f), idx_c, x.new_empty((n, 2, h, w), **f), idx_s,
+            x.new_empty(1, **f), x.new_empty(1, **f)]
 
 
 @torch.library.custom_op("cbam::fused_cbam_bwd", mutates_args=())
@@ -140,16 +208,22 @@ def _bwd_fake(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bv
 
 
 def _setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first = inputs
+    # need_idx has no default: the dispatcher drops trailing default arguments, which would change
+    # how many gradients the backward must return
+    x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first, need_idx = inputs
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar = output
     ctx.save_for_backward(x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w)
     ctx.flags = (use_bn, training, eps, max_first)
+    ctx.need_idx = need_idx
 
 
 def _backward(ctx, *grads):
     if len(grads) == 1 and isinstance(grads[0], (list, tuple)):  # a List[Tensor] output gets one list
         grads = tuple(grads[0])
     gy, gmc, gms = grads[:3]
+    if not ctx.need_idx:
+        raise RuntimeError("cbam::fused_cbam_fwd ran with need_idx=False (no argmax routes kept), so it has no "
+                           "backward; call it with need_idx=True when gradients are needed")
     x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w = ctx.saved_tensors
     use_bn, training, eps, max_first = ctx.flags
     gy = torch.zeros_like(x) if gy is None else gy
@@ -161,7 +235,7 @@ def _backward(ctx, *grads):
     none_if = lambda t, ref: None if ref is None else t  # noqa: E731
     return (dx, dw1, none_if(db1, b1), dw2, none_if(db2, b2), dwc, none_if(dbc, bc),
             dbn_w if use_bn and bn_w is not None else None, dbn_b if use_bn and bn_w is not None else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
@@ -202,9 +276,12 @@ def fused_cbam_with_gates(
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     n, c, h, w = x.shape
+    # the argmax routes are needed only when a gradient will flow back
+    params = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias)
+    need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     y, mc, ms, *_, bmean, bvar = _fwd(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                                       bn_weight, bn_bias, bn_running_mean, bn_running_var, use_bn, bn_training,
-                                      float(bn_eps), order == "max_avg")
+                                      float(bn_eps), order == "max_avg", need_idx)
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
         with torch.no_grad():
             m = n * h * w

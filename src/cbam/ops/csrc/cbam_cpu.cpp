@@ -6,20 +6,25 @@
 //   forward : channel_pool (read x), spatial_pool (read x), apply (read x, write y)
 //   backward: bwd_reduce (read g, x), row_dot (read x), input_grad (read g, write dx)
 // Accumulation is in float (double for double inputs). Work is split with
-// at::parallel_for over rows or over (sample, block of pixels).
+// at::parallel_for over rows or over (sample, block of pixels). The per-sample forward
+// that keeps a sample in cache across the three passes is in cbam_sample.cpp.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Dispatch.h>
 #include <algorithm>
-#include <limits>
 #include <vector>
 
+#include "pool.h"
+
+namespace cbam_cpu {
+std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
+                                        double conv_bias, double scale, double shift, bool max_first,
+                                        bool need_idx, bool apply_gate);
+}  // namespace cbam_cpu
+
 namespace {
-
-constexpr int64_t kBlock = 512;  // pixels per task in the channel-axis passes: accumulators stay in L1
-
-template <typename T> using acc_t = at::opmath_type<T>;
+using namespace cbam_cpu;
 
 // Per (n, c) row over H*W: mean, max and first argmax.
 std::vector<at::Tensor> channel_pool(const at::Tensor& x) {
@@ -35,47 +40,15 @@ std::vector<at::Tensor> channel_pool(const at::Tensor& x) {
     A* ap = avg.data_ptr<A>();
     A* mp = mx.data_ptr<A>();
     int32_t* ip = idx.data_ptr<int32_t>();
-    constexpr int64_t L = 16;  // independent lanes: the loop over l vectorises (sum, max, argmax by blend)
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const scalar_t* row = xp + r * HW;
-        A s[L], m[L];
-        int32_t k[L];
-        const A first = static_cast<A>(row[0]);
-        for (int64_t l = 0; l < L; ++l) { s[l] = 0; m[l] = first; k[l] = 0; }
-        const int64_t full = HW / L * L;
-        for (int64_t i = 0; i < full; i += L) {
-          _Pragma("omp simd")
-          for (int64_t l = 0; l < L; ++l) {
-            A v = static_cast<A>(row[i + l]);
-            s[l] += v;
-            bool gt = v > m[l];
-            m[l] = gt ? v : m[l];
-            k[l] = gt ? static_cast<int32_t>(i + l) : k[l];
-          }
-        }
-        A st = 0, mm = first;
-        int32_t kk = 0;
-        for (int64_t i = full; i < HW; ++i) {
-          A v = static_cast<A>(row[i]);
-          st += v;
-          if (v > mm) { mm = v; kk = static_cast<int32_t>(i); }
-        }
-        for (int64_t l = 0; l < L; ++l) {  // first occurrence of the maximum across lanes and tail
-          st += s[l];
-          if (m[l] > mm || (m[l] == mm && k[l] < kk)) { mm = m[l]; kk = k[l]; }
-        }
-        ap[r] = st / static_cast<A>(HW);
-        mp[r] = mm;
-        ip[r] = kk;
-      }
+      for (int64_t r = b; r < e; ++r) row_pool(xp + r * HW, HW, true, ap + r, mp + r, ip + r);
     });
   });
   return {avg, mx, idx};
 }
 
-// Per (n, pixel) over channels of x * mc: mean, max and first argmax.
-std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc) {
+// Per (n, pixel) over channels of x * mc: mean, max and (if need_idx) first argmax.
+std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc, bool need_idx) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "spatial_pool: contiguous NCHW input expected");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const int64_t nb = (HW + kBlock - 1) / kBlock;
@@ -90,32 +63,17 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc) 
     A* mp = mx.data_ptr<A>();
     int32_t* ip = idx.data_ptr<int32_t>();
     at::parallel_for(0, N * nb, 1, [&](int64_t b, int64_t e) {
-      A s[kBlock], m[kBlock];
+      A s[kBlock];
       int32_t k[kBlock];
       for (int64_t t = b; t < e; ++t) {
         const int64_t n = t / nb, p0 = (t % nb) * kBlock, len = std::min(kBlock, HW - p0);
-        for (int64_t i = 0; i < len; ++i) { s[i] = 0; m[i] = -std::numeric_limits<A>::infinity(); k[i] = 0; }
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* row = xp + (n * C + c) * HW + p0;
-          const A w = cp[n * C + c];
-          const int32_t ci = static_cast<int32_t>(c);
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < len; ++i) {
-            A v = static_cast<A>(row[i]) * w;
-            s[i] += v;
-            bool gt = v > m[i];
-            m[i] = gt ? v : m[i];
-            k[i] = gt ? ci : k[i];
-          }
-        }
-        for (int64_t i = 0; i < len; ++i) {
-          ap[n * HW + p0 + i] = s[i] / static_cast<A>(C);
-          mp[n * HW + p0 + i] = m[i];
-          ip[n * HW + p0 + i] = k[i];
-        }
+        spatial_block(xp + n * C * HW + p0, C, HW, len, cp + n * C, need_idx, s, mp + n * HW + p0, k);
+        for (int64_t i = 0; i < len; ++i) ap[n * HW + p0 + i] = s[i] / static_cast<A>(C);
+        if (need_idx) std::copy(k, k + len, ip + n * HW + p0);
       }
     });
   });
+  if (!need_idx) idx.zero_();
   return {avg, mx, idx};
 }
 
@@ -131,14 +89,7 @@ at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms
     const A* cp = mc.data_ptr<A>();
     const A* sp = ms.data_ptr<A>();
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const A w = cp[r];
-        const A* s = sp + (r / C) * HW;
-        const scalar_t* xr = xp + r * HW;
-        scalar_t* yr = yp + r * HW;
-        _Pragma("omp simd")
-        for (int64_t i = 0; i < HW; ++i) yr[i] = static_cast<scalar_t>(static_cast<A>(xr[i]) * w * s[i]);
-      }
+      for (int64_t r = b; r < e; ++r) apply_sample(xp + r * HW, 1, HW, cp + r, sp + (r / C) * HW, yp + r * HW);
     });
   });
   return y;
@@ -254,7 +205,8 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool);
-  m.def("spatial_pool", &spatial_pool);
+  m.def("spatial_pool", &spatial_pool, py::arg("x"), py::arg("mc"), py::arg("need_idx") = true);
+  m.def("forward_samples", &cbam_cpu::forward_samples);
   m.def("apply", &apply);
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);

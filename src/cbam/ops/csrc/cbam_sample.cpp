@@ -1,0 +1,129 @@
+// Fused CBAM forward, one sample at a time: channel pooling, the MLP, channel-wise pooling
+// of x * M_c, the k x k conv (+ folded eval-mode BN), the sigmoid and y = x * M_c * M_s all
+// run on one sample before the next. A ResNet sample (<= a few MB) stays in the last-level
+// cache between the three passes, so x comes from DRAM once instead of three times.
+// Threads take whole samples; fused.py uses this only when there are enough samples.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <algorithm>
+#include <vector>
+
+#include "pool.h"
+
+namespace cbam_cpu {
+namespace {
+
+template <typename A>
+inline A sigmoid(A z) { return A(1) / (A(1) + std::exp(-z)); }
+
+// mc = sigmoid(W2 relu(W1 avg + b1) + W2 relu(W1 mx + b1) + 2 b2); w1 (hid, C), w2 (C, hid).
+template <typename A>
+void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, const A* b1, const A* w2,
+              const A* b2, A* h, A* mc) {
+  for (int64_t j = 0; j < hid; ++j) {
+    const A* wr = w1 + j * C;
+    A sa = 0, sm = 0;
+    _Pragma("omp simd reduction(+:sa, sm)")
+    for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
+    const A b = b1 ? b1[j] : A(0);
+    h[j] = std::max(sa + b, A(0)) + std::max(sm + b, A(0));
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const A* wr = w2 + c * hid;
+    A z = b2 ? 2 * b2[c] : A(0);
+    for (int64_t j = 0; j < hid; ++j) z += wr[j] * h[j];
+    mc[c] = sigmoid(z);
+  }
+}
+
+// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
+template <typename A>
+void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out) {
+  const int64_t pad = k / 2;
+  for (int64_t i = 0; i < H * W; ++i) out[i] = bias;
+  for (int64_t y = 0; y < H; ++y) {
+    A* orow = out + y * W;
+    for (int64_t ci = 0; ci < 2; ++ci)
+      for (int64_t dy = 0; dy < k; ++dy) {
+        const int64_t iy = y + dy - pad;
+        if (iy < 0 || iy >= H) continue;
+        const A* irow = in + (ci * H + iy) * W;
+        for (int64_t dx = 0; dx < k; ++dx) {
+          const A wv = wc[(ci * k + dy) * k + dx];
+          const int64_t lo = std::max<int64_t>(0, pad - dx), hi = std::min<int64_t>(W, W + pad - dx);
+          const A* src = irow + dx - pad;
+          _Pragma("omp simd")
+          for (int64_t x = lo; x < hi; ++x) orow[x] += wv * src[x];
+        }
+      }
+  }
+}
+
+}  // namespace
+
+// Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s]. ms = sigmoid(scale * u + shift) with u the conv
+// output (bias included); with apply_gate=false (training-mode BN needs the batch's statistics first)
+// y is empty and the ms slot holds u. idx_c / idx_s are empty unless need_idx.
+std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
+                                        double conv_bias, double scale, double shift, bool max_first,
+                                        bool need_idx, bool apply_gate) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "forward_samples: contiguous NCHW input expected");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t hid = w1.size(0), k = wc.size(-1);
+  auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto fo = x.options().dtype(acc);
+  TORCH_CHECK(w1.scalar_type() == acc && w2.scalar_type() == acc && wc.scalar_type() == acc,
+              "forward_samples: weights must be in the accumulation dtype");
+  auto y = apply_gate ? at::empty_like(x) : at::empty({0}, x.options());
+  auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo);
+  auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo), sd = at::empty({N, 2, H, W}, fo);
+  auto io = x.options().dtype(at::kInt);
+  auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
+  auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "forward_samples", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = apply_gate ? y.data_ptr<scalar_t>() : nullptr;
+    const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
+    const A* b1p = b1.numel() ? b1.data_ptr<A>() : nullptr;
+    const A* b2p = b2.numel() ? b2.data_ptr<A>() : nullptr;
+    A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
+    A* sdp = sd.data_ptr<A>();
+    int32_t* icp = need_idx ? idx_c.data_ptr<int32_t>() : nullptr;
+    int32_t* isp = need_idx ? idx_s.data_ptr<int32_t>() : nullptr;
+    const A sc = static_cast<A>(scale), sh = static_cast<A>(shift), cb = static_cast<A>(conv_bias);
+    const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      std::vector<A> h(std::max<int64_t>(hid, 1)), s(kBlock), m(kBlock);
+      std::vector<int32_t> kk(kBlock);
+      for (int64_t n = b; n < e; ++n) {
+        const scalar_t* xn = xp + n * C * HW;
+        A *pa = pap + n * C, *pm = pmp + n * C, *g = mcp + n * C;
+        int32_t* ic = need_idx ? icp + n * C : nullptr;
+        for (int64_t c = 0; c < C; ++c)                                   // pass 1: channel pooling
+          row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
+        mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), g);
+        A* sdn = sdp + n * 2 * HW;
+        for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {                    // pass 2: pooling of x * mc
+          const int64_t len = std::min(kBlock, HW - p0);
+          spatial_block(xn + p0, C, HW, len, g, need_idx, s.data(), m.data(), kk.data());
+          for (int64_t i = 0; i < len; ++i) {
+            sdn[avg_ch * HW + p0 + i] = s[i] / static_cast<A>(C);
+            sdn[max_ch * HW + p0 + i] = m[i];
+          }
+          if (need_idx) std::copy(kk.begin(), kk.begin() + len, isp + n * HW + p0);
+        }
+        A* u = msp + n * HW;
+        conv_kxk(sdn, H, W, wcp, k, cb, u);
+        if (!apply_gate) continue;
+        for (int64_t i = 0; i < HW; ++i) u[i] = sigmoid(sc * u[i] + sh);
+        apply_sample(xn, C, HW, g, u, yp + n * C * HW);                  // pass 3: y = x * mc * ms
+      }
+    });
+  });
+  return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s};
+}
+
+}  // namespace cbam_cpu

@@ -1,0 +1,90 @@
+// Inner loops shared by the pass kernels (cbam_cpu.cpp) and the per-sample forward
+// (cbam_sample.cpp): one definition of each reduction, so both paths agree bit for bit.
+#pragma once
+#include <ATen/OpMathType.h>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace cbam_cpu {
+
+template <typename T> using acc_t = at::opmath_type<T>;
+
+constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
+
+// First i with row[i] == m. Scanned 32 at a time with a vectorised any-equal, then the
+// hit chunk element by element: the max is found by a plain max reduction (as fast as a
+// sum) and its first position by this scan, instead of a compare-and-blend per element.
+template <typename T, typename A>
+inline int32_t first_equal(const T* row, int64_t n, A m) {
+  constexpr int64_t L = 32;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    int hit = 0;
+    _Pragma("omp simd reduction(|:hit)")
+    for (int64_t l = 0; l < L; ++l) hit |= static_cast<A>(row[i + l]) == m;
+    if (hit) break;
+  }
+  for (; i < n; ++i)
+    if (static_cast<A>(row[i]) == m) return static_cast<int32_t>(i);
+  return 0;  // only for NaN rows, where nothing equals the max
+}
+
+// Mean, max and (if need_idx) first argmax of one row of n values.
+template <typename T, typename A>
+inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int32_t* idx) {
+  A s = 0, m = static_cast<A>(row[0]);
+  _Pragma("omp simd reduction(+:s) reduction(max:m)")
+  for (int64_t i = 0; i < n; ++i) {
+    const A v = static_cast<A>(row[i]);
+    s += v;
+    m = v > m ? v : m;
+  }
+  *avg = s / static_cast<A>(n);
+  *mx = m;
+  if (need_idx) *idx = first_equal(row, n, m);
+}
+
+// Over the C channels of x * mc for `len` pixels starting at x0 (= &x[n, 0, p0]; rows HW apart):
+// sum into s, max into m and (if need_idx) the first argmax channel into k.
+template <typename T, typename A>
+inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const A* mc, bool need_idx, A* s, A* m,
+                          int32_t* k) {
+  for (int64_t i = 0; i < len; ++i) { s[i] = 0; m[i] = -std::numeric_limits<A>::infinity(); k[i] = 0; }
+  for (int64_t c = 0; c < C; ++c) {
+    const T* row = x0 + c * HW;
+    const A w = mc[c];
+    if (need_idx) {
+      const int32_t ci = static_cast<int32_t>(c);
+      _Pragma("omp simd")
+      for (int64_t i = 0; i < len; ++i) {
+        const A v = static_cast<A>(row[i]) * w;
+        s[i] += v;
+        const bool gt = v > m[i];
+        m[i] = gt ? v : m[i];
+        k[i] = gt ? ci : k[i];
+      }
+    } else {
+      _Pragma("omp simd")
+      for (int64_t i = 0; i < len; ++i) {
+        const A v = static_cast<A>(row[i]) * w;
+        s[i] += v;
+        m[i] = v > m[i] ? v : m[i];
+      }
+    }
+  }
+}
+
+// y[c, p] = x[c, p] * mc[c] * ms[p] for one sample (C rows of HW).
+template <typename T, typename A>
+inline void apply_sample(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, T* y) {
+  for (int64_t c = 0; c < C; ++c) {
+    const A w = mc[c];
+    const T* xr = x + c * HW;
+    T* yr = y + c * HW;
+    _Pragma("omp simd")
+    for (int64_t i = 0; i < HW; ++i) yr[i] = static_cast<T>(static_cast<A>(xr[i]) * w * ms[i]);
+  }
+}
+
+}  // namespace cbam_cpu

@@ -1,0 +1,108 @@
+"""The two forward strategies of the fused op -- three passes over the batch, or every pass per
+sample while the sample is in cache -- and the inference mode that skips the argmax routes:
+all equal to the reference (cbam.functional)."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import cbam
+from cbam.ops import _cpu
+from cbam.ops import fused as FU
+from cbam.ops import fused_cbam_with_gates
+from tests.helpers import randomize_
+
+LIM = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+def _args(m, x, max_first):
+    ch, sp, bn = m.channel, m.spatial, m.spatial.bn
+    bnargs = (bn.weight, bn.bias, bn.running_mean, bn.running_var) if bn is not None else (None,) * 4
+    return (x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, None, *bnargs,
+            bn is not None, m.training, 1e-5, max_first)
+
+
+def _cpp():
+    K = _cpu.load()
+    if K is None:
+        pytest.skip(f"C++ kernels not built here: {_cpu.error()}")
+    return K
+
+
+@pytest.mark.parametrize("preset", ["paper", "official", "timm"])
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("need_idx", [False, True])
+def test_per_sample_equals_three_passes(preset, train, dtype, need_idx):
+    K = _cpp()
+    torch.manual_seed(1)
+    m = randomize_(cbam.CBAM.from_preset(preset, 40, kernel_size=7 if train else 3)).train(train)
+    x = torch.randn(5, 40, 9, 6).to(dtype)
+    args = _args(m, x, preset != "paper")
+    with torch.no_grad():
+        a = FU._forward_samples(K, *args, need_idx)
+        b = FU._forward_body(FU.TK, *args, need_idx)  # the three passes with the torch kernels
+    names = ["y", "mc", "ms", "p_avg", "p_max", "idx_c", "sd", "idx_s", "bmean", "bvar"]
+    for name, u, v in zip(names, a, b):
+        assert u.shape == v.shape and u.dtype == v.dtype, name
+        if name.startswith("idx"):
+            assert torch.equal(u, v), name  # first argmax, exactly
+        elif v.numel():
+            assert _rel(u, v) <= LIM[dtype], (name, _rel(u, v))
+
+
+def test_per_sample_chosen_when_it_pays():
+    K = _cpp()
+    threads = torch.get_num_threads()
+    assert FU._per_sample(K, torch.empty(4 * threads, 64, 28, 28))
+    assert not FU._per_sample(K, torch.empty(threads * 4, 2048, 112, 112))  # a sample larger than the cache
+    assert not FU._per_sample(FU.TK, torch.empty(4 * threads, 64, 28, 28))  # only the C++ kernels have it
+    if threads > 1:
+        assert not FU._per_sample(K, torch.empty(1, 64, 28, 28))  # one sample would leave threads idle
+
+
+@given(n=st.integers(1, 16), c=st.integers(1, 300), h=st.integers(1, 40), w=st.integers(1, 40),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+       channels_last=st.booleans(), preset=st.sampled_from(["paper", "official", "timm"]), train=st.booleans())
+def test_inference_matches_reference(n, c, h, w, dtype, channels_last, preset, train):
+    """no_grad forward (no argmax routes kept) against the float64 reference; BN statistics too."""
+    if train and preset != "paper" and n * h * w == 1:
+        train = False
+    torch.manual_seed(n + 7 * c + 131 * h + 977 * w)
+    ref = randomize_(cbam.CBAM.from_preset(preset, c, impl="reference")).train(train)
+    fus = cbam.CBAM.from_preset(preset, c, impl="fused").train(train)
+    fus.load_state_dict(ref.state_dict())
+    ref.double()  # the oracle: the same weights in float64
+    x = torch.randn(n, c, h, w).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = ref(x.double())
+        got = fus.to(dtype if dtype != torch.float16 else torch.float32)(x)
+    assert got.dtype == dtype
+    lim = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
+    assert _rel(got, want) <= lim
+    for (name, br), bf in zip(ref.named_buffers(), fus.buffers()):
+        torch.testing.assert_close(bf.double(), br.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-4,
+                                   msg=name)
+
+
+def test_inference_keeps_no_indices_and_refuses_backward():
+    m = randomize_(cbam.CBAM(16, impl="fused")).eval()
+    x = torch.randn(4, 16, 6, 6)
+    args = _args(m, x, False)
+    with torch.no_grad():
+        out = torch.ops.cbam.fused_cbam_fwd(*args, False)
+    assert out[5].numel() == 0 and out[7].numel() == 0  # idx_c, idx_s not computed
+    with torch.no_grad():
+        torch.testing.assert_close(out[0], m(x))
+    xr = x.clone().requires_grad_()
+    out = torch.ops.cbam.fused_cbam_fwd(xr, *args[1:], False)
+    with pytest.raises(RuntimeError, match="need_idx=False"):
+        out[0].sum().backward()
+    y, mc, ms = fused_cbam_with_gates(xr, *args[1:6])  # the public function asks for the routes itself
+    y.sum().backward()
+    assert xr.grad is not None and torch.isfinite(xr.grad).all()
