@@ -106,3 +106,31 @@ def test_inference_keeps_no_indices_and_refuses_backward():
     y, mc, ms = fused_cbam_with_gates(xr, *args[1:6])  # the public function asks for the routes itself
     y.sum().backward()
     assert xr.grad is not None and torch.isfinite(xr.grad).all()
+
+
+@pytest.mark.parametrize("preset,train", [("paper", True), ("paper", False), ("official", False), ("timm", False),
+                                          ("official", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_per_sample_backward_equals_three_passes(preset, train, dtype, monkeypatch):
+    """Input, weight and gate gradients of the per-sample backward (C++) against the three-pass one."""
+    _cpp()
+    torch.manual_seed(2)
+    m = randomize_(cbam.CBAM.from_preset(preset, 24, impl="fused")).train(train)
+    x = torch.randn(4 * torch.get_num_threads(), 24, 7, 9).to(dtype)
+    g = torch.randn_like(x)
+    args = _args(m, x, preset != "paper")
+
+    def grads(per_sample):
+        monkeypatch.setattr(FU, "_per_sample", lambda K, t: per_sample)
+        xx = x.clone().requires_grad_()
+        params = [a for a in args[1:9] if isinstance(a, torch.Tensor)]
+        for p in params:
+            p.grad = None
+        y, mc, ms = fused_cbam_with_gates(xx, *args[1:9], bn_running_mean=None if train else args[9],
+                                          bn_running_var=None if train else args[10], bn_training=train,
+                                          use_bn=args[11], order="max_avg" if args[-1] else "avg_max")
+        ((y * g).sum() + mc.square().sum() + ms.sin().sum()).backward()  # gradients into the gates too
+        return [xx.grad] + [p.grad.clone() for p in params]
+    a, b = grads(True), grads(False)
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert _rel(u, v) <= LIM[dtype] * (10 if i else 1), (i, _rel(u, v))

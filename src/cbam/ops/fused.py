@@ -176,6 +176,9 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
     hw = h * w
     g = gy.contiguous() if x.is_contiguous() else gy.contiguous(memory_format=torch.channels_last)
     K = kernels_for(x)
+    if _per_sample(K, x) and not (use_bn and training):
+        return _backward_samples(K, g, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1,
+                                 w2, b2, wc, bc, bn_w, use_bn, training, eps, max_first)
     r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
     dmc = r_c + gmc
     dms = r_s.view(n, 1, h, w) + gms
@@ -190,6 +193,33 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
     d_avg_c, d_max_c, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
     dx = K.input_grad(g, mc, ms.view(n, hw), a, (d_avg_c / hw).contiguous(), idx_s, d_max,
                       idx_c, d_max_c.contiguous())                   # read g, write dx
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
+
+
+def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor,
+                      p_avg: Tensor, p_max: Tensor, idx_c: Tensor, sd: Tensor, idx_s: Tensor, bmean: Tensor,
+                      bvar: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
+                      bc: Optional[Tensor], bn_w: Optional[Tensor], use_bn: bool, training: bool, eps: float,
+                      max_first: bool) -> List[Tensor]:
+    """The input gradient per sample in C++ (g and x read from DRAM once); the weight gradients
+    from the returned gate gradients with the same small batched ops as the three-pass path."""
+    n, c, h, w = x.shape
+    acc = mc.dtype
+    cast = lambda t: x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()  # noqa: E731
+    scale = float((bvar.double() + eps).rsqrt() * bn_w.double()) if use_bn else 1.0
+    dx, dmc, dms = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s, gmc.contiguous(),
+                                      gms.reshape(n, h * w).contiguous(), cast(w1), cast(b1), cast(w2),
+                                      cast(wc).view(2, wc.shape[-2], wc.shape[-1]), scale, max_first)
+    _, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), ms, sd, wc, bc, bn_w, use_bn, training, bmean,
+                                                 bvar, eps)
+    _, _, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
+
+
+def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2: Tensor, dwc: Tensor,
+               dbc: Optional[Tensor], dbn_w: Optional[Tensor], dbn_b: Optional[Tensor], w1: Tensor,
+               b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor],
+               bn_w: Optional[Tensor], use_bn: bool) -> List[Tensor]:
     out = [dx, dw1.to(w1.dtype), _empty(w1) if b1 is None else db1.to(b1.dtype), dw2.to(w2.dtype),
            _empty(w2) if b2 is None else db2.to(b2.dtype), dwc.to(wc.dtype),
            _empty(wc) if bc is None else dbc.to(bc.dtype)]

@@ -60,6 +60,57 @@ void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias,
   }
 }
 
+// The adjoint of conv_kxk: din[ci] += correlation's transpose of dout with the same kernel.
+template <typename A>
+void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, int64_t k, A* din) {
+  const int64_t pad = k / 2;
+  for (int64_t i = 0; i < 2 * H * W; ++i) din[i] = 0;
+  for (int64_t y = 0; y < H; ++y) {
+    const A* orow = dout + y * W;
+    for (int64_t ci = 0; ci < 2; ++ci)
+      for (int64_t dy = 0; dy < k; ++dy) {
+        const int64_t iy = y + dy - pad;
+        if (iy < 0 || iy >= H) continue;
+        A* irow = din + (ci * H + iy) * W;
+        for (int64_t dx = 0; dx < k; ++dx) {
+          const A wv = wc[(ci * k + dy) * k + dx];
+          const int64_t lo = std::max<int64_t>(0, pad - dx), hi = std::min<int64_t>(W, W + pad - dx);
+          A* dst = irow + dx - pad;
+          _Pragma("omp simd")
+          for (int64_t x = lo; x < hi; ++x) dst[x] += wv * orow[x];
+        }
+      }
+  }
+}
+
+// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python).
+template <typename A>
+void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1,
+                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max) {
+  for (int64_t c = 0; c < C; ++c) dz[c] = dmc[c] * mc[c] * (A(1) - mc[c]);
+  for (int64_t j = 0; j < 2 * hid; ++j) t[j] = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const A* wr = w2 + c * hid;
+    for (int64_t j = 0; j < hid; ++j) t[j] += wr[j] * dz[c];
+  }
+  for (int64_t j = 0; j < hid; ++j) {  // the ReLU masks of the two branches
+    const A* wr = w1 + j * C;
+    A sa = 0, sm = 0;
+    _Pragma("omp simd reduction(+:sa, sm)")
+    for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
+    const A b = b1 ? b1[j] : A(0);
+    t[hid + j] = sm + b > 0 ? t[j] : A(0);
+    t[j] = sa + b > 0 ? t[j] : A(0);
+  }
+  for (int64_t c = 0; c < C; ++c) { d_avg[c] = 0; d_max[c] = 0; }
+  for (int64_t j = 0; j < hid; ++j) {
+    const A* wr = w1 + j * C;
+    const A ta = t[j], tm = t[hid + j];
+    _Pragma("omp simd")
+    for (int64_t c = 0; c < C; ++c) { d_avg[c] += wr[c] * ta; d_max[c] += wr[c] * tm; }
+  }
+}
+
 }  // namespace
 
 // Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s]. ms = sigmoid(scale * u + shift) with u the conv
@@ -124,6 +175,97 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
     });
   });
   return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s};
+}
+
+}  // namespace cbam_cpu
+
+namespace cbam_cpu {
+
+// Backward per sample (no training-mode BN): one DRAM read of g and x, then row_dot and the input
+// gradient from cache. `scale` is d u / d (pre-sigmoid) of the folded eval-mode BN (1 without BN).
+// Returns [dx, dmc, dms]: the full gradients of the two gates, from which Python forms the
+// (batched, small) weight gradients.
+std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
+                                         const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
+                                         const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
+                                         const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
+                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && g.is_contiguous(), "backward_samples: contiguous NCHW expected");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t hid = w1.size(0), k = wc.size(-1);
+  auto dx = at::empty_like(x);
+  auto dmc = at::empty_like(mc), dms = at::empty_like(ms);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "backward_samples", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
+    scalar_t* dp = dx.data_ptr<scalar_t>();
+    const A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
+    const A *gmcp = gmc.data_ptr<A>(), *gmsp = gms.data_ptr<A>();
+    const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
+    const A* b1p = b1.numel() ? b1.data_ptr<A>() : nullptr;
+    const int32_t *icp = idx_c.data_ptr<int32_t>(), *isp = idx_s.data_ptr<int32_t>();
+    A *dmcp = dmc.data_ptr<A>(), *dmsp = dms.data_ptr<A>();
+    const A sc = static_cast<A>(scale);
+    const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      std::vector<A> acc(kBlock), du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C);
+      for (int64_t n = b; n < e; ++n) {
+        const scalar_t *xn = xp + n * C * HW, *gn = gp + n * C * HW;
+        scalar_t* dn = dp + n * C * HW;
+        const A *mcn = mcp + n * C, *msn = msp + n * HW;
+        A *dmcn = dmcp + n * C, *dmsn = dmsp + n * HW;
+        const int32_t *ic = icp + n * C, *is = isp + n * HW;
+        for (int64_t c = 0; c < C; ++c) dmcn[c] = gmcp[n * C + c];
+        for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {           // read g and x: d mc and d ms together
+          const int64_t len = std::min(kBlock, HW - p0);
+          for (int64_t i = 0; i < len; ++i) acc[i] = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t *xr = xn + c * HW + p0, *gr = gn + c * HW + p0;
+            const A w = mcn[c];
+            const A* s = msn + p0;
+            A dot = 0;
+            _Pragma("omp simd reduction(+:dot)")
+            for (int64_t i = 0; i < len; ++i) {
+              const A v = static_cast<A>(gr[i]) * static_cast<A>(xr[i]);
+              acc[i] += v * w;
+              dot += v * s[i];
+            }
+            dmcn[c] += dot;
+          }
+          for (int64_t i = 0; i < len; ++i) dmsn[p0 + i] = acc[i] + gmsp[n * HW + p0 + i];
+        }
+        for (int64_t p = 0; p < HW; ++p) du[p] = dmsn[p] * msn[p] * (A(1) - msn[p]) * sc;
+        conv_kxk_adjoint(du.data(), H, W, wcp, k, dsd.data());
+        A* av = dsd.data() + avg_ch * HW;                        // becomes a = d s_avg / C
+        const A* dmax = dsd.data() + max_ch * HW;
+        for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
+        for (int64_t c = 0; c < C; ++c) {                         // x from cache: the mean route into d mc
+          const scalar_t* xr = xn + c * HW;
+          A s = 0;
+          _Pragma("omp simd reduction(+:s)")
+          for (int64_t p = 0; p < HW; ++p) s += static_cast<A>(xr[p]) * av[p];
+          dmcn[c] += s;
+        }
+        for (int64_t p = 0; p < HW; ++p) dmcn[is[p]] += static_cast<A>(xn[is[p] * HW + p]) * dmax[p];
+        mlp_input_grad(dmcn, mcn, pap + n * C, pmp + n * C, C, hid, w1p, b1p, w2p, t.data(), dz.data(), da.data(),
+                       dm.data());
+        for (int64_t c = 0; c < C; ++c) {                         // g from cache: write dx
+          const A w = mcn[c], off = da[c] / static_cast<A>(HW);
+          const scalar_t* gr = gn + c * HW;
+          scalar_t* dr = dn + c * HW;
+          _Pragma("omp simd")
+          for (int64_t p = 0; p < HW; ++p)
+            dr[p] = static_cast<scalar_t>(static_cast<A>(gr[p]) * w * msn[p] + w * av[p] + off);
+          dr[ic[c]] = static_cast<scalar_t>(static_cast<A>(dr[ic[c]]) + dm[c]);
+        }
+        for (int64_t p = 0; p < HW; ++p) {                        // the spatial max route
+          scalar_t* d = dn + is[p] * HW + p;
+          *d = static_cast<scalar_t>(static_cast<A>(*d) + mcn[is[p]] * dmax[p]);
+        }
+      }
+    });
+  });
+  return {dx, dmc, dms};
 }
 
 }  // namespace cbam_cpu
