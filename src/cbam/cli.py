@@ -210,14 +210,15 @@ def _cuda() -> bool:
 def cmd_bench(a: argparse.Namespace) -> int:
     import os as _os
     from . import bench
+    shapes = bench.STAGES
     if a.smoke:
-        bench.STAGES[:] = [(32, 8), (64, 4)]
-        a.n, a.reps, a.net_batch, a.net_size = 2, 1, 1, 32
+        shapes = [(32, 8), (64, 4)]
+        a.n, a.reps, a.net_batch, a.net_size = 2, 1, 2, 64
     if a.device == "cpu" and not _os.environ.get("THP_MEM_ALLOC_ENABLE"):
         print("note: THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for torch's CPU allocator) cuts the cost of "
               "fresh large allocations ~4x here, for every network alike; see docs/PERFORMANCE.md")
     md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, a.net_batch, a.net_size,
-                         not a.no_stages, True, a.out)
+                         not a.no_stages, True, a.out, shapes=shapes)
     print("\n" + md)
     return 0
 
