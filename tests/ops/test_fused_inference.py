@@ -36,11 +36,8 @@ def _cpp():
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("need_idx", [False, True])
-@pytest.mark.parametrize("inline_mlp", [True, False])
-def test_per_sample_equals_three_passes(preset, train, dtype, need_idx, inline_mlp, monkeypatch):
+def test_per_sample_equals_three_passes(preset, train, dtype, need_idx):
     K = _cpp()
-    if not inline_mlp:  # the wide-layer variant: channel pooling and the MLP batched
-        monkeypatch.setattr(FU, "_MLP_INLINE_BYTES", 0)
     torch.manual_seed(1)
     m = randomize_(cbam.CBAM.from_preset(preset, 40, kernel_size=7 if train else 3)).train(train)
     x = torch.randn(5, 40, 9, 6).to(dtype)
@@ -114,12 +111,9 @@ def test_inference_keeps_no_indices_and_refuses_backward():
 @pytest.mark.parametrize("preset,train", [("paper", True), ("paper", False), ("official", False), ("timm", False),
                                           ("official", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("inline_mlp", [True, False])
-def test_per_sample_backward_equals_three_passes(preset, train, dtype, inline_mlp, monkeypatch):
+def test_per_sample_backward_equals_three_passes(preset, train, dtype, monkeypatch):
     """Input, weight and gate gradients of the per-sample backward (C++) against the three-pass one."""
     _cpp()
-    if not inline_mlp:
-        monkeypatch.setattr(FU, "_MLP_INLINE_BYTES", 0)
     torch.manual_seed(2)
     m = randomize_(cbam.CBAM.from_preset(preset, 24, impl="fused")).train(train)
     x = torch.randn(4 * torch.get_num_threads(), 24, 7, 9).to(dtype)

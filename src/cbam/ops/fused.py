@@ -89,13 +89,6 @@ def _per_sample(K: ModuleType, x: Tensor) -> bool:
     return (n % threads == 0 or n >= 4 * threads) and n >= threads and sample_bytes * threads <= _LLC_BYTES // 2
 
 
-_MLP_INLINE_BYTES = 256 << 10  # per-sample MLP only while its weights stay in L2; wider layers batch it
-
-
-def _inline_mlp(w1: Tensor) -> bool:
-    return 2 * w1.numel() * 4 <= _MLP_INLINE_BYTES
-
-
 def _forward_body(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                   wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
                   rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
@@ -128,17 +121,9 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     if use_bn and not training:
         inv = (rv.double() + eps).rsqrt() * bn_w.double()
         scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
-    mc_given = x.new_empty(0, dtype=acc)
-    if not _inline_mlp(w1):  # wide layer: pool channels and run the MLP batched, then the rest per sample
-        p_avg, p_max, idx_c = K.channel_pool(x, need_idx)
-        mc_given = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
-    y, mc, ms, pa, pm, ic, sd, idx_s = K.forward_samples(
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
-        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, mc_given)
-    if _inline_mlp(w1):
-        p_avg, p_max, idx_c = pa, pm, ic
-    elif not need_idx:
-        idx_c = _no_idx(x)
+        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train)
     ms = ms.view(n, 1, h, w)
     bmean, bvar = ms.new_zeros(1), ms.new_zeros(1)
     if use_bn and not training:
@@ -222,17 +207,12 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Ten
     acc = mc.dtype
     cast = lambda t: x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()  # noqa: E731
     scale = float((bvar.double() + eps).rsqrt() * bn_w.double()) if use_bn else 1.0
-    inline = _inline_mlp(w1)
-    dx, dmc, dms, a, d_max = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s,
-                                                gmc.contiguous(), gms.reshape(n, h * w).contiguous(), cast(w1),
-                                                cast(b1), cast(w2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
-                                                scale, max_first, inline)
+    dx, dmc, dms = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s, gmc.contiguous(),
+                                      gms.reshape(n, h * w).contiguous(), cast(w1), cast(b1), cast(w2),
+                                      cast(wc).view(2, wc.shape[-2], wc.shape[-1]), scale, max_first)
     _, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), ms, sd, wc, bc, bn_w, use_bn, training, bmean,
                                                  bvar, eps)
-    d_avg_c, d_max_c, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
-    if not inline:  # wide layer: the input gradient in one pass over g (from DRAM again)
-        dx = K.input_grad(g, mc, ms.view(n, h * w), a, (d_avg_c / (h * w)).contiguous(), idx_s, d_max, idx_c,
-                          d_max_c.contiguous())
+    _, _, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
 
 

@@ -20,20 +20,19 @@ namespace cbam_cpu {
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, const at::Tensor& mc_given);
+                                        bool need_idx, bool apply_gate);
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
                                          const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first,
-                                         bool inline_mlp);
+                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first);
 }  // namespace cbam_cpu
 
 namespace {
 using namespace cbam_cpu;
 
-// Per (n, c) row over H*W: mean, max and (if need_idx) first argmax.
-std::vector<at::Tensor> channel_pool(const at::Tensor& x, bool need_idx) {
+// Per (n, c) row over H*W: mean, max and first argmax.
+std::vector<at::Tensor> channel_pool(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "channel_pool: contiguous NCHW input expected");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -47,10 +46,9 @@ std::vector<at::Tensor> channel_pool(const at::Tensor& x, bool need_idx) {
     A* mp = mx.data_ptr<A>();
     int32_t* ip = idx.data_ptr<int32_t>();
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) row_pool(xp + r * HW, HW, need_idx, ap + r, mp + r, ip + r);
+      for (int64_t r = b; r < e; ++r) row_pool(xp + r * HW, HW, true, ap + r, mp + r, ip + r);
     });
   });
-  if (!need_idx) idx.zero_();
   return {avg, mx, idx};
 }
 
@@ -211,7 +209,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("channel_pool", &channel_pool, py::arg("x"), py::arg("need_idx") = true);
+  m.def("channel_pool", &channel_pool);
   m.def("spatial_pool", &spatial_pool, py::arg("x"), py::arg("mc"), py::arg("need_idx") = true);
   m.def("forward_samples", &cbam_cpu::forward_samples);
   m.def("backward_samples", &cbam_cpu::backward_samples);

@@ -115,13 +115,11 @@ void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_
 
 // Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s]. ms = sigmoid(scale * u + shift) with u the conv
 // output (bias included); with apply_gate=false (training-mode BN needs the batch's statistics first)
-// y is empty and the ms slot holds u. idx_c / idx_s are empty unless need_idx. A non-empty mc_given
-// (N, C) skips channel pooling and the MLP (p_avg, p_max, idx_c come back empty): for wide layers the
-// MLP's weights are MBs, and a batched matmul reads them once instead of once per sample.
+// y is empty and the ms slot holds u. idx_c / idx_s are empty unless need_idx.
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, const at::Tensor& mc_given) {
+                                        bool need_idx, bool apply_gate) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "forward_samples: contiguous NCHW input expected");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t hid = w1.size(0), k = wc.size(-1);
@@ -130,12 +128,10 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
   TORCH_CHECK(w1.scalar_type() == acc && w2.scalar_type() == acc && wc.scalar_type() == acc,
               "forward_samples: weights must be in the accumulation dtype");
   auto y = apply_gate ? at::empty_like(x) : at::empty({0}, x.options());
-  const bool pool_c = mc_given.numel() == 0;
-  auto mc = pool_c ? at::empty({N, C}, fo) : mc_given.contiguous(), ms = at::empty({N, HW}, fo);
-  auto p_avg = at::empty({pool_c ? N : 0, C}, fo), p_max = at::empty({pool_c ? N : 0, C}, fo);
-  auto sd = at::empty({N, 2, H, W}, fo);
+  auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo);
+  auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto io = x.options().dtype(at::kInt);
-  auto idx_c = need_idx && pool_c ? at::empty({N, C}, io) : at::empty({0}, io);
+  auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
   auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "forward_samples", [&] {
     using A = acc_t<scalar_t>;
@@ -146,7 +142,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
     const A* b2p = b2.numel() ? b2.data_ptr<A>() : nullptr;
     A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
     A* sdp = sd.data_ptr<A>();
-    int32_t* icp = need_idx && pool_c ? idx_c.data_ptr<int32_t>() : nullptr;
+    int32_t* icp = need_idx ? idx_c.data_ptr<int32_t>() : nullptr;
     int32_t* isp = need_idx ? idx_s.data_ptr<int32_t>() : nullptr;
     const A sc = static_cast<A>(scale), sh = static_cast<A>(shift), cb = static_cast<A>(conv_bias);
     const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
@@ -155,13 +151,11 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
       std::vector<int32_t> kk(kBlock);
       for (int64_t n = b; n < e; ++n) {
         const scalar_t* xn = xp + n * C * HW;
-        A* g = mcp + n * C;
-        if (pool_c) {
-          A *pa = pap + n * C, *pm = pmp + n * C;
-          for (int64_t c = 0; c < C; ++c)                                 // pass 1: channel pooling
-            row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? icp + n * C + c : nullptr);
-          mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), g);
-        }
+        A *pa = pap + n * C, *pm = pmp + n * C, *g = mcp + n * C;
+        int32_t* ic = need_idx ? icp + n * C : nullptr;
+        for (int64_t c = 0; c < C; ++c)                                   // pass 1: channel pooling
+          row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
+        mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), g);
         A* sdn = sdp + n * 2 * HW;
         for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {                    // pass 2: pooling of x * mc
           const int64_t len = std::min(kBlock, HW - p0);
@@ -189,27 +183,22 @@ namespace cbam_cpu {
 
 // Backward per sample (no training-mode BN): one DRAM read of g and x, then row_dot and the input
 // gradient from cache. `scale` is d u / d (pre-sigmoid) of the folded eval-mode BN (1 without BN).
-// Returns [dx, dmc, dms, a, dmax]: dmc and dms are the full gradients of the two gates, from which
-// Python forms the (batched, small) weight gradients. With inline_mlp=false (wide layers: see
-// forward_samples) the MLP's input gradient and dx are left to the batched path: dx comes back
-// empty, and a (the channel-mean route, d s_avg / C) and dmax (d s_max) are returned for input_grad.
+// Returns [dx, dmc, dms]: the full gradients of the two gates, from which Python forms the
+// (batched, small) weight gradients.
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
                                          const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first,
-                                         bool inline_mlp) {
+                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && g.is_contiguous(), "backward_samples: contiguous NCHW expected");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t hid = w1.size(0), k = wc.size(-1);
-  auto dx = inline_mlp ? at::empty_like(x) : at::empty({0}, x.options());
+  auto dx = at::empty_like(x);
   auto dmc = at::empty_like(mc), dms = at::empty_like(ms);
-  auto a_out = at::empty({inline_mlp ? 0 : N, HW}, ms.options());
-  auto dmax_out = at::empty({inline_mlp ? 0 : N, HW}, ms.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "backward_samples", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t *xp = x.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
-    scalar_t* dp = inline_mlp ? dx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dp = dx.data_ptr<scalar_t>();
     const A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
     const A *gmcp = gmc.data_ptr<A>(), *gmsp = gms.data_ptr<A>();
     const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
@@ -222,6 +211,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
       std::vector<A> acc(kBlock), du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C);
       for (int64_t n = b; n < e; ++n) {
         const scalar_t *xn = xp + n * C * HW, *gn = gp + n * C * HW;
+        scalar_t* dn = dp + n * C * HW;
         const A *mcn = mcp + n * C, *msn = msp + n * HW;
         A *dmcn = dmcp + n * C, *dmsn = dmsp + n * HW;
         const int32_t *ic = icp + n * C, *is = isp + n * HW;
@@ -257,12 +247,6 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
           dmcn[c] += s;
         }
         for (int64_t p = 0; p < HW; ++p) dmcn[is[p]] += static_cast<A>(xn[is[p] * HW + p]) * dmax[p];
-        if (!inline_mlp) {
-          std::copy(av, av + HW, a_out.data_ptr<A>() + n * HW);
-          std::copy(dmax, dmax + HW, dmax_out.data_ptr<A>() + n * HW);
-          continue;
-        }
-        scalar_t* dn = dp + n * C * HW;
         mlp_input_grad(dmcn, mcn, pap + n * C, pmp + n * C, C, hid, w1p, b1p, w2p, t.data(), dz.data(), da.data(),
                        dm.data());
         for (int64_t c = 0; c < C; ++c) {                         // g from cache: write dx
@@ -281,7 +265,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
       }
     });
   });
-  return {dx, dmc, dms, a_out, dmax_out};
+  return {dx, dmc, dms};
 }
 
 }  // namespace cbam_cpu
