@@ -3,12 +3,15 @@
 Forward: three passes over x -- channel pooling (read x), channel-wise pooling of
 ``x * M_c`` (read x), ``y = x * M_c * M_s`` (read x, write y) -- with the MLP and
 the k x k conv (+BN) on the small pooled tensors in between. ``x * M_c`` is never
-materialised.
+materialised. On the CPU (C++) the passes run per sample while the sample is in
+cache (:func:`_per_sample`), and without a pending gradient (``need_idx=False``)
+no argmax routes are tracked.
 
 Backward: saves only x, the two gates, the pooled descriptors (small) and the
 argmax indices, then ``bwd_reduce`` (read g and x: dM_c and dM_s together),
 ``row_dot`` (read x: the channel-mean route into dM_c) and ``input_grad`` (read g,
-write dx) -- 4 reads and 1 write of the full tensor.
+write dx) -- 4 reads and 1 write of the full tensor; per sample on the CPU (no
+training-mode BN), g and x come from DRAM once and the rest from cache.
 
 Both directions are ``torch.library`` custom ops (``cbam::fused_cbam_fwd`` /
 ``cbam::fused_cbam_bwd``) with fake implementations, so ``torch.compile`` and
