@@ -121,3 +121,25 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     for k in a:  # 16 SGD steps of fp32 reduction-order noise: ~5e-4 at most here
         if a[k].is_floating_point():
             torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-3, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("model,impl,builds", [("resnet20_cbam", "auto", True), ("resnet20_cbam", "reference", False),
+                                               ("resnet20", "auto", False)])
+def test_fused_kernels_built_before_the_clock(tmp_path, monkeypatch, model, impl, builds):
+    """The one-time kernel compile happens before epoch 1 is timed, and only when a CBAM could use it."""
+    import cbam.train.loop as L
+    events = []
+    real = L.kernels_for
+    monkeypatch.setattr(L, "kernels_for", lambda x: events.append("build") or real(x))
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: events.append("forward"))
+    cfg = TrainConfig(data="digits", model=model, attention_kwargs={"impl": impl}, epochs=1, batch_size=32,
+                      train_subset=64, test_subset=32, progress=False, tensorboard=False, threads=1,
+                      out=str(tmp_path / "r"))
+    try:
+        train(cfg)
+    finally:
+        hook.remove()
+    assert events.count("build") == (1 if builds else 0)
+    assert "forward" in events
+    if builds:
+        assert events[0] == "build"  # before any forward pass, so before epoch 1's clock
