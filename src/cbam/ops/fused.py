@@ -119,7 +119,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     conv's output affine, training-mode BN needs the batch statistics before the gate is applied."""
     n, c, h, w = x.shape
     acc = TK.acc_dtype(x)
-    cast = lambda t: x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()  # noqa: E731
+    cast = lambda t: _acc_arg(t, x, acc)  # noqa: E731
     scale, shift, bn_train = 1.0, 0.0, use_bn and training
     if use_bn and not training:
         inv = (rv.double() + eps).rsqrt() * bn_w.double()
@@ -136,6 +136,11 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
         ms = torch.sigmoid((ms - bmean) * torch.rsqrt(bvar + eps) * bn_w.to(acc) + bn_b.to(acc))
         y = K.apply(x, mc, ms.view(n, h * w))
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+def _acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:
+    """A weight as the C++ kernels take it: contiguous, in the accumulation dtype; None -> empty."""
+    return x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()
 
 
 def _no_idx(x: Tensor) -> Tensor:
@@ -210,7 +215,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Ten
     from the returned gate gradients with the same small batched ops as the three-pass path."""
     n, c, h, w = x.shape
     acc = mc.dtype
-    cast = lambda t: x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()  # noqa: E731
+    cast = lambda t: _acc_arg(t, x, acc)  # noqa: E731
     scale = float((bvar.double() + eps).rsqrt() * bn_w.double()) if use_bn else 1.0
     dx, dmc, dms = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s, gmc.contiguous(),
                                       gms.reshape(n, h * w).contiguous(), cast(w1), cast(b1), cast(w2),
