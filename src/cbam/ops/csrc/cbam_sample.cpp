@@ -37,27 +37,35 @@ void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, co
   }
 }
 
+constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
+
 // out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
+// `in` is first copied into a zero-padded buffer (2, H + 2p, Wp) so the taps need no bounds; then
+// each block of 16 outputs accumulates all 2 k^2 taps in registers (one store per output).
 template <typename A>
-void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out) {
-  const int64_t pad = k / 2;
-  for (int64_t i = 0; i < H * W; ++i) out[i] = bias;
-  for (int64_t y = 0; y < H; ++y) {
-    A* orow = out + y * W;
-    for (int64_t ci = 0; ci < 2; ++ci)
-      for (int64_t dy = 0; dy < k; ++dy) {
-        const int64_t iy = y + dy - pad;
-        if (iy < 0 || iy >= H) continue;
-        const A* irow = in + (ci * H + iy) * W;
-        for (int64_t dx = 0; dx < k; ++dx) {
-          const A wv = wc[(ci * k + dy) * k + dx];
-          const int64_t lo = std::max<int64_t>(0, pad - dx), hi = std::min<int64_t>(W, W + pad - dx);
-          const A* src = irow + dx - pad;
-          _Pragma("omp simd")
-          for (int64_t x = lo; x < hi; ++x) orow[x] += wv * src[x];
+void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
+  const int64_t pad = k / 2, Hp = H + 2 * pad, Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
+  buf.assign(2 * Hp * Wp, A(0));
+  for (int64_t ci = 0; ci < 2; ++ci)
+    for (int64_t y = 0; y < H; ++y)
+      std::copy(in + (ci * H + y) * W, in + (ci * H + y + 1) * W, buf.data() + (ci * Hp + y + pad) * Wp + pad);
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
+      A acc[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] = bias;
+      for (int64_t ci = 0; ci < 2; ++ci)
+        for (int64_t dy = 0; dy < k; ++dy) {
+          const A* src = buf.data() + (ci * Hp + y + dy) * Wp + x0;
+          const A* wr = wc + (ci * k + dy) * k;
+          for (int64_t dx = 0; dx < k; ++dx) {
+            const A wv = wr[dx];
+            _Pragma("omp simd")
+            for (int64_t l = 0; l < kLanes; ++l) acc[l] += wv * src[dx + l];
+          }
         }
-      }
-  }
+      const int64_t n = std::min(kLanes, W - x0);
+      for (int64_t l = 0; l < n; ++l) out[y * W + x0 + l] = acc[l];
+    }
 }
 
 // The adjoint of conv_kxk: din[ci] += correlation's transpose of dout with the same kernel.
@@ -147,7 +155,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
     const A sc = static_cast<A>(scale), sh = static_cast<A>(shift), cb = static_cast<A>(conv_bias);
     const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      std::vector<A> h(std::max<int64_t>(hid, 1)), s(kBlock), m(kBlock);
+      std::vector<A> h(std::max<int64_t>(hid, 1)), s(kBlock), m(kBlock), pbuf;
       std::vector<int32_t> kk(kBlock);
       for (int64_t n = b; n < e; ++n) {
         const scalar_t* xn = xp + n * C * HW;
@@ -167,7 +175,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
           if (need_idx) std::copy(kk.begin(), kk.begin() + len, isp + n * HW + p0);
         }
         A* u = msp + n * HW;
-        conv_kxk(sdn, H, W, wcp, k, cb, u);
+        conv_kxk(sdn, H, W, wcp, k, cb, u, pbuf);
         if (!apply_gate) continue;
         for (int64_t i = 0; i < HW; ++i) u[i] = sigmoid(sc * u[i] + sh);
         apply_sample(xn, C, HW, g, u, yp + n * C * HW);                  // pass 3: y = x * mc * ms

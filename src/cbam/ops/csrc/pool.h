@@ -46,31 +46,56 @@ inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int3
 }
 
 // Over the C channels of x * mc for `len` pixels starting at x0 (= &x[n, 0, p0]; rows HW apart):
-// sum into s, max into m and (if need_idx) the first argmax channel into k.
+// sum into s, max into m and (if need_idx) the first argmax channel into k. Four channels per
+// step: s, m and k are loaded and stored once per four rows of x, not once per row (the loop was
+// bound by those L1 stores). Ties keep the lower channel (strict >), as torch.max does.
 template <typename T, typename A>
 inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const A* mc, bool need_idx, A* s, A* m,
                           int32_t* k) {
   for (int64_t i = 0; i < len; ++i) { s[i] = 0; m[i] = -std::numeric_limits<A>::infinity(); k[i] = 0; }
-  for (int64_t c = 0; c < C; ++c) {
-    const T* row = x0 + c * HW;
-    const A w = mc[c];
+  int64_t c = 0;
+  for (; c + 4 <= C; c += 4) {
+    const T *r0 = x0 + c * HW, *r1 = r0 + HW, *r2 = r1 + HW, *r3 = r2 + HW;
+    const A w0 = mc[c], w1 = mc[c + 1], w2 = mc[c + 2], w3 = mc[c + 3];
     if (need_idx) {
       const int32_t ci = static_cast<int32_t>(c);
       _Pragma("omp simd")
       for (int64_t i = 0; i < len; ++i) {
-        const A v = static_cast<A>(row[i]) * w;
-        s[i] += v;
+        const A v0 = static_cast<A>(r0[i]) * w0, v1 = static_cast<A>(r1[i]) * w1;
+        const A v2 = static_cast<A>(r2[i]) * w2, v3 = static_cast<A>(r3[i]) * w3;
+        s[i] += (v0 + v1) + (v2 + v3);
+        const bool g01 = v1 > v0, g23 = v3 > v2;
+        const A a = g01 ? v1 : v0, b = g23 ? v3 : v2;
+        const int32_t ka = g01 ? ci + 1 : ci, kb = g23 ? ci + 3 : ci + 2;
+        const bool gab = b > a;
+        const A v = gab ? b : a;
+        const int32_t kv = gab ? kb : ka;
         const bool gt = v > m[i];
         m[i] = gt ? v : m[i];
-        k[i] = gt ? ci : k[i];
+        k[i] = gt ? kv : k[i];
       }
     } else {
       _Pragma("omp simd")
       for (int64_t i = 0; i < len; ++i) {
-        const A v = static_cast<A>(row[i]) * w;
-        s[i] += v;
+        const A v0 = static_cast<A>(r0[i]) * w0, v1 = static_cast<A>(r1[i]) * w1;
+        const A v2 = static_cast<A>(r2[i]) * w2, v3 = static_cast<A>(r3[i]) * w3;
+        s[i] += (v0 + v1) + (v2 + v3);
+        const A a = v1 > v0 ? v1 : v0, b = v3 > v2 ? v3 : v2, v = b > a ? b : a;
         m[i] = v > m[i] ? v : m[i];
       }
+    }
+  }
+  for (; c < C; ++c) {
+    const T* row = x0 + c * HW;
+    const A w = mc[c];
+    const int32_t ci = static_cast<int32_t>(c);
+    _Pragma("omp simd")
+    for (int64_t i = 0; i < len; ++i) {
+      const A v = static_cast<A>(row[i]) * w;
+      s[i] += v;
+      const bool gt = v > m[i];
+      m[i] = gt ? v : m[i];
+      k[i] = gt ? ci : k[i];
     }
   }
 }
