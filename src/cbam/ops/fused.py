@@ -217,11 +217,14 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Ten
     acc = mc.dtype
     cast = lambda t: _acc_arg(t, x, acc)  # noqa: E731
     scale = float((bvar.double() + eps).rsqrt() * bn_w.double()) if use_bn else 1.0
-    dx, dmc, dms = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s, gmc.contiguous(),
-                                      gms.reshape(n, h * w).contiguous(), cast(w1), cast(b1), cast(w2),
-                                      cast(wc).view(2, wc.shape[-2], wc.shape[-1]), scale, max_first)
-    _, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), ms, sd, wc, bc, bn_w, use_bn, training, bmean,
-                                                 bvar, eps)
+    dx, dmc, dms, dwc = K.backward_samples(g, x, mc, ms.view(n, h * w), p_avg, p_max, idx_c, idx_s,
+                                           gmc.contiguous(), gms.reshape(n, h * w).contiguous(), cast(w1), cast(b1),
+                                           cast(w2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
+                                           sd.to(acc).contiguous(), scale, max_first)
+    # d sd and d wc (per sample, summed here) were formed in C++; the rest is elementwise on (N, 1, H, W)
+    _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), ms, sd, wc, bc, bn_w, use_bn, training, bmean,
+                                               bvar, eps, need_input=False, need_weight=False)
+    dwc = dwc.sum(0, keepdim=True)
     _, _, dw1, dw2, db1, db2 = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
 

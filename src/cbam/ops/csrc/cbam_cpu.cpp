@@ -25,7 +25,8 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
                                          const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first);
+                                         const at::Tensor& w2, const at::Tensor& wc, const at::Tensor& sd,
+                                         double scale, bool max_first);
 }  // namespace cbam_cpu
 
 namespace {

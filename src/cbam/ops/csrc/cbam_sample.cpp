@@ -39,16 +39,25 @@ void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, co
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
 
-// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
-// `in` is first copied into a zero-padded buffer (2, H + 2p, Wp) so the taps need no bounds; then
-// each block of 16 outputs accumulates all 2 k^2 taps in registers (one store per output).
+// Copies the (2, H, W) map `in` into buf as (2, H + 2p, Wp) with zero borders (p = k / 2; Wp leaves
+// room for a full 16-lane block past the last column), so the k x k taps need no bounds checks.
 template <typename A>
-void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
-  const int64_t pad = k / 2, Hp = H + 2 * pad, Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
+void pad_map(const A* in, int64_t H, int64_t W, int64_t k, std::vector<A>& buf, int64_t& Hp, int64_t& Wp) {
+  const int64_t pad = k / 2;
+  Hp = H + 2 * pad;
+  Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
   buf.assign(2 * Hp * Wp, A(0));
   for (int64_t ci = 0; ci < 2; ++ci)
     for (int64_t y = 0; y < H; ++y)
       std::copy(in + (ci * H + y) * W, in + (ci * H + y + 1) * W, buf.data() + (ci * Hp + y + pad) * Wp + pad);
+}
+
+// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2:
+// each block of 16 outputs accumulates all 2 k^2 taps in registers (one store per output).
+template <typename A>
+void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
+  int64_t Hp, Wp;
+  pad_map(in, H, W, k, buf, Hp, Wp);
   for (int64_t y = 0; y < H; ++y)
     for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
       A acc[kLanes];
@@ -66,6 +75,25 @@ void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias,
       const int64_t n = std::min(kLanes, W - x0);
       for (int64_t l = 0; l < n; ++l) out[y * W + x0 + l] = acc[l];
     }
+}
+
+// The kernel's gradient of conv_kxk for one sample: dw[ci, dy, dx] = sum_{y,x} du[y, x] in[ci, y+dy-p, x+dx-p].
+// (torch's conv2d weight gradient took 2-6 ms at (32, 2, 56, 56); this is part of the per-sample pass.)
+template <typename A>
+void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw, std::vector<A>& buf) {
+  int64_t Hp, Wp;
+  pad_map(in, H, W, k, buf, Hp, Wp);
+  for (int64_t ci = 0; ci < 2; ++ci)
+    for (int64_t dy = 0; dy < k; ++dy)
+      for (int64_t dx = 0; dx < k; ++dx) {
+        A acc = 0;
+        for (int64_t y = 0; y < H; ++y) {
+          const A *src = buf.data() + (ci * Hp + y + dy) * Wp + dx, *d = du + y * W;
+          _Pragma("omp simd reduction(+:acc)")
+          for (int64_t x = 0; x < W; ++x) acc += d[x] * src[x];
+        }
+        dw[(ci * k + dy) * k + dx] = acc;
+      }
 }
 
 // The adjoint of conv_kxk: din[ci] += correlation's transpose of dout with the same kernel.
@@ -191,18 +219,19 @@ namespace cbam_cpu {
 
 // Backward per sample (no training-mode BN): one DRAM read of g and x, then row_dot and the input
 // gradient from cache. `scale` is d u / d (pre-sigmoid) of the folded eval-mode BN (1 without BN).
-// Returns [dx, dmc, dms]: the full gradients of the two gates, from which Python forms the
-// (batched, small) weight gradients.
+// Returns [dx, dmc, dms, dwc]: the full gradients of the two gates, from which Python forms the
+// (batched, small) MLP weight gradients, and the conv kernel's gradient per sample (N, 2, k, k).
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
                                          const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, double scale, bool max_first) {
+                                         const at::Tensor& w2, const at::Tensor& wc, const at::Tensor& sd,
+                                         double scale, bool max_first) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && g.is_contiguous(), "backward_samples: contiguous NCHW expected");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t hid = w1.size(0), k = wc.size(-1);
   auto dx = at::empty_like(x);
-  auto dmc = at::empty_like(mc), dms = at::empty_like(ms);
+  auto dmc = at::empty_like(mc), dms = at::empty_like(ms), dwc = at::empty({N, 2, k, k}, mc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "backward_samples", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t *xp = x.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
@@ -212,11 +241,12 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
     const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
     const A* b1p = b1.numel() ? b1.data_ptr<A>() : nullptr;
     const int32_t *icp = idx_c.data_ptr<int32_t>(), *isp = idx_s.data_ptr<int32_t>();
-    A *dmcp = dmc.data_ptr<A>(), *dmsp = dms.data_ptr<A>();
+    A *dmcp = dmc.data_ptr<A>(), *dmsp = dms.data_ptr<A>(), *dwcp = dwc.data_ptr<A>();
+    const A* sdp = sd.data_ptr<A>();
     const A sc = static_cast<A>(scale);
     const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      std::vector<A> acc(kBlock), du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C);
+      std::vector<A> acc(kBlock), du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), pbuf;
       for (int64_t n = b; n < e; ++n) {
         const scalar_t *xn = xp + n * C * HW, *gn = gp + n * C * HW;
         scalar_t* dn = dp + n * C * HW;
@@ -244,6 +274,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
         }
         for (int64_t p = 0; p < HW; ++p) du[p] = dmsn[p] * msn[p] * (A(1) - msn[p]) * sc;
         conv_kxk_adjoint(du.data(), H, W, wcp, k, dsd.data());
+        conv_kxk_weight_grad(sdp + n * 2 * HW, du.data(), H, W, k, dwcp + n * 2 * k * k, pbuf);
         A* av = dsd.data() + avg_ch * HW;                        // becomes a = d s_avg / C
         const A* dmax = dsd.data() + max_ch * HW;
         for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
@@ -273,7 +304,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
       }
     });
   });
-  return {dx, dmc, dms};
+  return {dx, dmc, dms, dwc};
 }
 
 }  // namespace cbam_cpu
