@@ -2,6 +2,7 @@
 // (cbam_sample.cpp): one definition of each reduction, so both paths agree bit for bit.
 #pragma once
 #include <ATen/OpMathType.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,21 +13,21 @@ template <typename T> using acc_t = at::opmath_type<T>;
 
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
-// First i with row[i] == m. Scanned 32 at a time with a vectorised any-equal, then the
-// hit chunk element by element: the max is found by a plain max reduction (as fast as a
-// sum) and its first position by this scan, instead of a compare-and-blend per element.
+// First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
+// matching positions, returning at the first chunk that has one: the max is found by a plain max
+// reduction (as fast as a sum) and its first position by this scan, instead of a compare-and-blend
+// per element; short rows (7x7, 14x14) are one or a few chunks with no scalar tail.
 template <typename T, typename A>
 inline int32_t first_equal(const T* row, int64_t n, A m) {
-  constexpr int64_t L = 32;
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    int hit = 0;
-    _Pragma("omp simd reduction(|:hit)")
-    for (int64_t l = 0; l < L; ++l) hit |= static_cast<A>(row[i + l]) == m;
-    if (hit) break;
+  constexpr int64_t L = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += L) {
+    const int32_t len = static_cast<int32_t>(std::min(L, n - i0));
+    const T* r = row + i0;
+    int32_t pos = len;
+    _Pragma("omp simd reduction(min:pos)")
+    for (int32_t l = 0; l < len; ++l) pos = std::min(pos, static_cast<A>(r[l]) == m ? l : len);
+    if (pos < len) return static_cast<int32_t>(i0 + pos);
   }
-  for (; i < n; ++i)
-    if (static_cast<A>(row[i]) == m) return static_cast<int32_t>(i);
   return 0;  // only for NaN rows, where nothing equals the max
 }
 
