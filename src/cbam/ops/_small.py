@@ -57,8 +57,9 @@ def spatial_forward(sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional
 
 
 def spatial_backward(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor],
-                     use_bn: bool, training: bool, mean: Tensor, var: Tensor, eps: float, need_input: bool = True, need_weight: bool = True
-                     ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                     use_bn: bool, training: bool, mean: Tensor, var: Tensor, eps: float,
+                     need_input: bool = True, need_weight: bool = True
+                     ) -> Tuple[Optional[Tensor], ...]:
     """-> (d sd, d wc, d bc, d bn_w, d bn_b); ``mean``/``var`` are what the forward normalised with.
     ``need_input`` / ``need_weight`` False skip d sd / d wc (None), for callers that form them."""
     dt = sd.dtype
