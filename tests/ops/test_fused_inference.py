@@ -36,8 +36,10 @@ def _cpp():
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("need_idx", [False, True])
-def test_per_sample_equals_three_passes(preset, train, dtype, need_idx):
+@pytest.mark.parametrize("group", [1, 3])
+def test_per_sample_equals_three_passes(preset, train, dtype, need_idx, group, monkeypatch):
     K = _cpp()
+    monkeypatch.setattr(FU, "_mlp_group", lambda x, w1: group)  # 3: one batched MLP per 3 samples (+ a tail)
     torch.manual_seed(1)
     m = randomize_(cbam.CBAM.from_preset(preset, 40, kernel_size=7 if train else 3)).train(train)
     x = torch.randn(5, 40, 9, 6).to(dtype)
@@ -52,6 +54,15 @@ def test_per_sample_equals_three_passes(preset, train, dtype, need_idx):
             assert torch.equal(u, v), name  # first argmax, exactly
         elif v.numel():
             assert _rel(u, v) <= LIM[dtype], (name, _rel(u, v))
+
+
+def test_mlp_group_only_for_wide_layers():
+    threads = torch.get_num_threads()
+    wide, narrow = torch.empty(128, 2048), torch.empty(16, 256)
+    g = FU._mlp_group(torch.empty(16 * threads, 2048, 7, 7), wide)
+    assert 8 <= g <= 16 and 16 % g == 0  # equal groups of a thread's 16 samples
+    assert FU._mlp_group(torch.empty(16 * threads, 256, 7, 7), narrow) == 1  # small weights: mat-vecs
+    assert FU._mlp_group(torch.empty(2 * threads, 2048, 7, 7), wide) == 1  # too few samples for BLAS
 
 
 def test_per_sample_chosen_when_it_pays():

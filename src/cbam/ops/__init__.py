@@ -4,6 +4,8 @@
 / :func:`cbam.functional.cbam_with_gates` for the configuration they cover
 (channel-first, avg+max, ReLU, sigmoid; with or without the spatial BN).
 """
+from ._cpu import empty_output_cache, output_cache_bytes, set_output_cache_limit
 from .fused import backend_name, fused_available, fused_cbam, fused_cbam_with_gates, kernels_for
 
-__all__ = ["backend_name", "fused_available", "fused_cbam", "fused_cbam_with_gates", "kernels_for"]
+__all__ = ["backend_name", "empty_output_cache", "fused_available", "fused_cbam", "fused_cbam_with_gates",
+           "kernels_for", "output_cache_bytes", "set_output_cache_limit"]

@@ -24,13 +24,15 @@ def load() -> Optional[ModuleType]:
             try:
                 from torch.utils.cpp_extension import load as _load
                 d = os.path.join(os.path.dirname(__file__), "csrc")
-                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp")]
+                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp", "out_cache.cpp")]
                 # -march=native is safe: the extension is compiled on the machine that runs it.
                 # The relaxed-associativity flags let gcc vectorise the float reductions.
                 flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math",
                          "-fno-signed-zeros", "-fno-trapping-math"]
                 _mod = _load("cbam_cpu_kernels", src, extra_cflags=flags, extra_ldflags=["-fopenmp"],
                              verbose=False)
+                if os.environ.get("CBAM_OUTPUT_CACHE_MB"):
+                    _mod.set_cache_limit(int(float(os.environ["CBAM_OUTPUT_CACHE_MB"]) * (1 << 20)))
             except Exception as e:  # no compiler, no headers, ...: fall back to torch kernels
                 _failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 _log.warning("cbam: C++ kernels unavailable (%s); using torch kernels", _failed)
@@ -39,3 +41,28 @@ def load() -> Optional[ModuleType]:
 
 def error() -> Optional[str]:
     return _failed
+
+
+# The cache of the fused op's full-size outputs (csrc/out_cache.cpp): like CUDA's caching allocator,
+# freed outputs (y, dx) of >= 1 MiB are kept, up to a byte limit (1 GiB; CBAM_OUTPUT_CACHE_MB sets
+# it, 0 turns the cache off), and the next output of the same size reuses one without page faults.
+
+def empty_output_cache() -> int:
+    """Frees the fused op's cached output buffers; returns the bytes released (0 without C++ kernels)."""
+    mod = load()
+    return 0 if mod is None else int(mod.empty_cache())
+
+
+def output_cache_bytes() -> int:
+    """Bytes the fused op's output cache holds now."""
+    mod = load()
+    return 0 if mod is None else int(mod.cached_bytes())
+
+
+def set_output_cache_limit(nbytes: int) -> None:
+    """The most bytes the output cache keeps (0 disables it and frees what it holds)."""
+    if nbytes < 0:
+        raise ValueError(f"set_output_cache_limit: the limit must be >= 0 bytes, got {nbytes}")
+    mod = load()
+    if mod is not None:
+        mod.set_cache_limit(int(nbytes))

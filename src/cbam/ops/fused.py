@@ -126,7 +126,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
         scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
-        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train)
+        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, _mlp_group(x, w1))
     ms = ms.view(n, 1, h, w)
     bmean, bvar = ms.new_zeros(1), ms.new_zeros(1)
     if use_bn and not training:
@@ -136,6 +136,18 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
         ms = torch.sigmoid((ms - bmean) * torch.rsqrt(bvar + eps) * bn_w.to(acc) + bn_b.to(acc))
         y = K.apply(x, mc, ms.view(n, h * w))
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+
+
+def _mlp_group(x: Tensor, w1: Tensor) -> int:
+    """How many samples the per-sample forward pools before one batched MLP call (1: per sample).
+    With ~2 MB of MLP weights (C = 2048) a (G, C) x (C, hid) matmul beats G mat-vecs once G >= 8
+    (below that BLAS is slower); the G samples (a thread's share, in equal groups that fit half
+    the last-level cache across threads) wait in cache for the rest of the forward."""
+    n, threads = x.shape[0], torch.get_num_threads()
+    share = -(-n // threads)
+    fit = max(1, _LLC_BYTES // (2 * threads) // max(1, x[0].numel() * x.element_size()))
+    g = -(-share // -(-share // fit))  # equal groups of at most `fit`
+    return g if g >= 8 and w1.numel() >= 1 << 17 else 1
 
 
 def _acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:

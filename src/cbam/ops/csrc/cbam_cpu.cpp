@@ -14,13 +14,14 @@
 #include <algorithm>
 #include <vector>
 
+#include "out_cache.h"
 #include "pool.h"
 
 namespace cbam_cpu {
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate);
+                                        bool need_idx, bool apply_gate, int64_t group);
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
@@ -87,7 +88,7 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc, 
 at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "apply: contiguous NCHW input expected");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  auto y = at::empty_like(x);
+  auto y = cached_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -174,7 +175,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
                       const at::Tensor& idx_c, const at::Tensor& vc) {
   TORCH_CHECK(g.is_contiguous(), "input_grad: contiguous NCHW gradient expected");
   const int64_t N = g.size(0), C = g.size(1), HW = g.size(2) * g.size(3);
-  auto dx = at::empty_like(g);
+  auto dx = cached_empty_like(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "input_grad", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -218,4 +219,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);
   m.def("input_grad", &input_grad);
+  m.def("empty_cache", &cbam_cpu::empty_cache);
+  m.def("cached_bytes", &cbam_cpu::cached_bytes);
+  m.def("set_cache_limit", &cbam_cpu::set_cache_limit);
+  m.def("cache_limit", &cbam_cpu::cache_limit);
 }

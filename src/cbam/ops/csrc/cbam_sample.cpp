@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "out_cache.h"
 #include "pool.h"
 
 namespace cbam_cpu {
@@ -35,6 +36,29 @@ void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, co
     for (int64_t j = 0; j < hid; ++j) z += wr[j] * h[j];
     mc[c] = sigmoid(z);
   }
+}
+
+// mlp_gate for G samples at once: pa, pm, mc are (G, C) row blocks. Per sample the MLP is three
+// mat-vecs that stream every weight from cache (at C = 2048 the 2 MB of weights come from L3 for
+// each sample: ~44 us); as a (G, C) x (C, hid) matmul each weight serves G samples (~21 us per
+// sample at G = 16). fused.py asks for it only where the weights are large and G is >= 8: below
+// that BLAS is slower than the mat-vecs.
+template <typename A>
+void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at::Tensor& w1, const A* b1,
+                    const at::Tensor& w2, const A* b2, A* mc) {
+  const int64_t G = pa.size(0), C = pa.size(1), hid = w1.size(0);
+  auto w1t = w1.t();
+  auto ha = at::mm(pa, w1t), hm = at::mm(pm, w1t);
+  A *hap = ha.data_ptr<A>(), *hmp = hm.data_ptr<A>();
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t j = 0; j < hid; ++j) {
+      const A b = b1 ? b1[j] : A(0);
+      hap[i * hid + j] = std::max(hap[i * hid + j] + b, A(0)) + std::max(hmp[i * hid + j] + b, A(0));
+    }
+  auto z = at::mm(ha, w2.t());
+  const A* zp = z.data_ptr<A>();
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t c = 0; c < C; ++c) mc[i * C + c] = sigmoid(zp[i * C + c] + (b2 ? 2 * b2[c] : A(0)));
 }
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
@@ -155,15 +179,16 @@ void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate) {
+                                        bool need_idx, bool apply_gate, int64_t group) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "forward_samples: contiguous NCHW input expected");
+  TORCH_CHECK(group >= 1, "forward_samples: group must be >= 1");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t hid = w1.size(0), k = wc.size(-1);
   auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto fo = x.options().dtype(acc);
   TORCH_CHECK(w1.scalar_type() == acc && w2.scalar_type() == acc && wc.scalar_type() == acc,
               "forward_samples: weights must be in the accumulation dtype");
-  auto y = apply_gate ? at::empty_like(x) : at::empty({0}, x.options());
+  auto y = apply_gate ? cached_empty_like(x) : at::empty({0}, x.options());
   auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo);
   auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto io = x.options().dtype(at::kInt);
@@ -185,28 +210,38 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
       std::vector<A> h(std::max<int64_t>(hid, 1)), s(kBlock), m(kBlock), pbuf;
       std::vector<int32_t> kk(kBlock);
-      for (int64_t n = b; n < e; ++n) {
-        const scalar_t* xn = xp + n * C * HW;
-        A *pa = pap + n * C, *pm = pmp + n * C, *g = mcp + n * C;
-        int32_t* ic = need_idx ? icp + n * C : nullptr;
-        for (int64_t c = 0; c < C; ++c)                                   // pass 1: channel pooling
-          row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
-        mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), g);
-        A* sdn = sdp + n * 2 * HW;
-        for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {                    // pass 2: pooling of x * mc
-          const int64_t len = std::min(kBlock, HW - p0);
-          spatial_block(xn + p0, C, HW, len, g, need_idx, s.data(), m.data(), kk.data());
-          for (int64_t i = 0; i < len; ++i) {
-            sdn[avg_ch * HW + p0 + i] = s[i] / static_cast<A>(C);
-            sdn[max_ch * HW + p0 + i] = m[i];
-          }
-          if (need_idx) std::copy(kk.begin(), kk.begin() + len, isp + n * HW + p0);
+      for (int64_t n0 = b; n0 < e; n0 += group) {  // group > 1: pool G samples, one batched MLP, then the rest
+        const int64_t n1 = std::min(e, n0 + group);
+        for (int64_t n = n0; n < n1; ++n) {
+          const scalar_t* xn = xp + n * C * HW;
+          A *pa = pap + n * C, *pm = pmp + n * C;
+          int32_t* ic = need_idx ? icp + n * C : nullptr;
+          for (int64_t c = 0; c < C; ++c)                                 // pass 1: channel pooling
+            row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
+          if (group == 1) mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), mcp + n * C);
         }
-        A* u = msp + n * HW;
-        conv_kxk(sdn, H, W, wcp, k, cb, u, pbuf);
-        if (!apply_gate) continue;
-        for (int64_t i = 0; i < HW; ++i) u[i] = sigmoid(sc * u[i] + sh);
-        apply_sample(xn, C, HW, g, u, yp + n * C * HW);                  // pass 3: y = x * mc * ms
+        if (group > 1)
+          mlp_gate_group(p_avg.narrow(0, n0, n1 - n0), p_max.narrow(0, n0, n1 - n0), w1, b1p, w2, b2p,
+                         mcp + n0 * C);
+        for (int64_t n = n0; n < n1; ++n) {
+          const scalar_t* xn = xp + n * C * HW;
+          const A* g = mcp + n * C;
+          A* sdn = sdp + n * 2 * HW;
+          for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {                    // pass 2: pooling of x * mc
+            const int64_t len = std::min(kBlock, HW - p0);
+            spatial_block(xn + p0, C, HW, len, g, need_idx, s.data(), m.data(), kk.data());
+            for (int64_t i = 0; i < len; ++i) {
+              sdn[avg_ch * HW + p0 + i] = s[i] / static_cast<A>(C);
+              sdn[max_ch * HW + p0 + i] = m[i];
+            }
+            if (need_idx) std::copy(kk.begin(), kk.begin() + len, isp + n * HW + p0);
+          }
+          A* u = msp + n * HW;
+          conv_kxk(sdn, H, W, wcp, k, cb, u, pbuf);
+          if (!apply_gate) continue;
+          for (int64_t i = 0; i < HW; ++i) u[i] = sigmoid(sc * u[i] + sh);
+          apply_sample(xn, C, HW, g, u, yp + n * C * HW);                  // pass 3: y = x * mc * ms
+        }
       }
     });
   });
@@ -230,7 +265,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && g.is_contiguous(), "backward_samples: contiguous NCHW expected");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t hid = w1.size(0), k = wc.size(-1);
-  auto dx = at::empty_like(x);
+  auto dx = cached_empty_like(x);
   auto dmc = at::empty_like(mc), dms = at::empty_like(ms), dwc = at::empty({N, 2, k, k}, mc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "backward_samples", [&] {
     using A = acc_t<scalar_t>;

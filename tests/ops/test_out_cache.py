@@ -1,0 +1,89 @@
+"""The fused op's cache of full-size CPU outputs: freed outputs are reused by the next call of the
+same size (no fresh pages to fault in), the values stay right, and the limit is honoured."""
+import gc
+
+import pytest
+import torch
+
+import cbam
+from cbam import ops
+from cbam.ops import _cpu
+from tests.helpers import randomize_
+
+
+@pytest.fixture
+def cache():
+    if _cpu.load() is None:
+        pytest.skip(f"C++ kernels not built here: {_cpu.error()}")
+    limit = _cpu.load().cache_limit()
+    ops.set_output_cache_limit(1 << 30)
+    ops.empty_output_cache()
+    yield
+    ops.set_output_cache_limit(limit)
+    ops.empty_output_cache()
+
+
+def _pair(c=64):
+    torch.manual_seed(0)
+    ref = randomize_(cbam.CBAM(c, impl="reference")).eval()
+    fus = cbam.CBAM(c, impl="fused").eval()
+    fus.load_state_dict(ref.state_dict())
+    return ref, fus
+
+
+def test_freed_output_is_reused_with_right_values(cache):
+    ref, fus = _pair()
+    x = torch.randn(4, 64, 32, 32)  # 1 MiB: the smallest size the cache takes
+    with torch.no_grad():
+        y = fus(x)
+        ptr, nbytes = y.data_ptr(), y.numel() * y.element_size()
+        del y
+        gc.collect()
+        assert ops.output_cache_bytes() == nbytes
+        y2 = fus(2 * x)
+        assert y2.data_ptr() == ptr and ops.output_cache_bytes() == 0
+        torch.testing.assert_close(y2, ref(2 * x))
+
+
+def test_input_gradient_buffers_are_reused(cache):
+    ref, fus = _pair()
+    x = torch.randn(4, 64, 32, 32, requires_grad=True)
+    fus(x).square().sum().backward()
+    g1 = x.grad
+    ptr = g1.data_ptr()
+    x.grad = None
+    del g1
+    fus(x).square().sum().backward()
+    assert x.grad.data_ptr() == ptr  # dx came out of the cache
+    xr = x.detach().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_small_outputs_and_zero_limit_bypass_the_cache(cache):
+    _, fus = _pair()
+    with torch.no_grad():
+        del_me = fus(torch.randn(2, 64, 8, 8))  # 32 KiB: torch's allocator
+        del del_me
+        assert ops.output_cache_bytes() == 0
+        ops.set_output_cache_limit(0)
+        y = fus(torch.randn(4, 64, 32, 32))
+        del y
+        assert ops.output_cache_bytes() == 0
+
+
+def test_cached_outputs_are_ordinary_tensors(cache):
+    _, fus = _pair()
+    with torch.no_grad():
+        y = fus(torch.randn(4, 64, 32, 32))
+        n = y.numel()
+        y.resize_(2 * n).fill_(3.0)  # the storage grows through the same allocator
+        assert y.shape == (2 * n,) and bool((y == 3.0).all())
+        del y
+        assert ops.output_cache_bytes() == 4 * n + 8 * n  # the first block (freed by the resize), then the grown one
+        assert ops.empty_output_cache() == 12 * n and ops.output_cache_bytes() == 0
+
+
+def test_limit_is_checked():
+    with pytest.raises(ValueError, match=">= 0 bytes"):
+        ops.set_output_cache_limit(-1)
