@@ -96,8 +96,12 @@ def test_inference_matches_reference(n, c, h, w, dtype, channels_last, preset, t
     assert got.dtype == dtype
     lim = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
     assert _rel(got, want) <= lim
+    # in bf16 the module's weights are rounded too (8 mantissa bits): the batch mean of the unit-scale
+    # conv output is off by up to ~1e-2 and the running mean takes a tenth of that (near-zero means
+    # missed atol=1e-4 by 3e-5 and 6e-4 on 6x16 and 3x10 maps)
+    bf16 = dtype == torch.bfloat16
     for (name, br), bf in zip(ref.named_buffers(), fus.buffers()):
-        torch.testing.assert_close(bf.double(), br.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-4,
+        torch.testing.assert_close(bf.double(), br.double(), rtol=1e-2 if bf16 else 1e-4, atol=2e-3 if bf16 else 1e-4,
                                    msg=name)
 
 

@@ -4,7 +4,7 @@
 A custom op cannot run autograd inside its kernel, so these gradients are written
 out by hand; tests check them against autograd on :mod:`cbam.functional`.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def mlp_backward(dmc: Tensor, mc: Tensor, p_avg: Tensor, p_max: Tensor, w1: Tens
     dw2 = dz.t() @ (h[0] + h[1])                            # (C, hid)
     db2 = 2 * dz.sum(0)                                     # the bias is added once per branch
     da = (dz @ w2c)[None] * (a > 0)                         # (2, N, hid)
-    dw1 = da[0].t() @ p[0] + da[1].t() @ p[1]               # (hid, C)
+    dw1 = da.flatten(0, 1).t() @ p.flatten(0, 1)            # (hid, C): both branches in one matmul
     db1 = da.sum((0, 1)) if b1 is not None else None
     dp = da @ w1c                                           # (2, N, C)
     return dp[0], dp[1], dw1, dw2, db1, db2
@@ -58,10 +58,13 @@ def spatial_forward(sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional
 
 def spatial_backward(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor],
                      use_bn: bool, training: bool, mean: Tensor, var: Tensor, eps: float,
-                     need_input: bool = True, need_weight: bool = True
+                     need_input: bool = True, need_weight: bool = True,
+                     conv_grad: Optional[Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]] = None
                      ) -> Tuple[Optional[Tensor], ...]:
     """-> (d sd, d wc, d bc, d bn_w, d bn_b); ``mean``/``var`` are what the forward normalised with.
-    ``need_input`` / ``need_weight`` False skip d sd / d wc (None), for callers that form them."""
+    ``need_input`` / ``need_weight`` False skip d sd / d wc (None), for callers that form them.
+    ``conv_grad(du (N, H, W), sd, wc (2, k, k)) -> (d sd, d wc (2, k, k))`` replaces the two torch
+    convs when given (the C++ kernels: the same sums, without mkldnn's per-call overhead)."""
     dt = sd.dtype
     pad = wc.shape[-1] // 2
     wcc = wc.to(dt)
@@ -81,6 +84,11 @@ def spatial_backward(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Option
     else:
         du = dv
     dsd = None
+    if conv_grad is not None and need_input and need_weight:
+        k = wc.shape[-1]
+        dsd, dwc = conv_grad(du.reshape(du.shape[0], du.shape[-2], du.shape[-1]).contiguous(), sd.contiguous(),
+                             wcc.reshape(2, wc.shape[-2], k).contiguous())
+        return dsd, dwc.reshape(wc.shape), du.sum().reshape(1) if bc is not None else None, dgamma, dbeta
     if need_input:
         # the transposed conv as a conv with the flipped, transposed kernel: the same numbers, but
         # CPU conv_transpose2d took 15 ms at (32, 1, 56, 56) with a 7x7 kernel and this 0.8 ms

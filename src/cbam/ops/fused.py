@@ -204,7 +204,8 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
     r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
     dmc = r_c + gmc
     dms = r_s.view(n, 1, h, w) + gms
-    dsd, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms, ms, sd, wc, bc, bn_w, use_bn, training, bmean, bvar, eps)
+    dsd, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms, ms, sd, wc, bc, bn_w, use_bn, training, bmean, bvar, eps,
+                                                   conv_grad=getattr(K, "conv_backward", None))
     d_avg, d_max = (dsd[:, 1], dsd[:, 0]) if max_first else (dsd[:, 0], dsd[:, 1])
     a = (d_avg / c).reshape(n, hw).contiguous()
     d_max = d_max.reshape(n, hw).contiguous()

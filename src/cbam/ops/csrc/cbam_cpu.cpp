@@ -22,6 +22,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
                                         bool need_idx, bool apply_gate, int64_t group);
+std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd, const at::Tensor& wc);
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
                                          const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
                                          const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
@@ -215,6 +216,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spatial_pool", &spatial_pool, py::arg("x"), py::arg("mc"), py::arg("need_idx") = true);
   m.def("forward_samples", &cbam_cpu::forward_samples);
   m.def("backward_samples", &cbam_cpu::backward_samples);
+  m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("apply", &apply);
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);
