@@ -214,9 +214,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.smoke:
         shapes = [(32, 8), (64, 4)]
         a.n, a.reps, a.net_batch, a.net_size = 2, 1, 2, 64
-    if a.device == "cpu" and not _os.environ.get("THP_MEM_ALLOC_ENABLE"):
-        print("note: THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for torch's CPU allocator) cuts the cost of "
-              "fresh large allocations ~4x here, for every network alike; see docs/PERFORMANCE.md")
+    if a.device == "cpu":
+        thp = _os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+        print(f"note: THP_MEM_ALLOC_ENABLE={thp}. Fresh large CPU allocations (page faults) are part of the eager "
+              "times and change with it, in either direction by machine; the fused op reuses its outputs. "
+              "See docs/PERFORMANCE.md")
     md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, a.net_batch, a.net_size,
                          not a.no_stages, True, a.out, shapes=shapes)
     print("\n" + md)
