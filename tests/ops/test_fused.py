@@ -148,6 +148,32 @@ def test_kernel_sets_agree():
                                TK.input_grad(g, mc, ms, a, b, idx_s, vs, idx_c, vc))
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (4, 4), (1, 17), (7, 7), (8, 8), (5, 13), (14, 14)])
+def test_tied_maxima_route_to_the_first(hw):
+    """Integer-valued float32 input: most rows have their maximum several times, in several SIMD lanes.
+    The channel-max argmax (in-register per lane in the AVX-512 kernel, a scan elsewhere) must pick
+    the first position like ``max(dim)``, for row lengths below, at and around the 16-lane chunks."""
+    from cbam.ops import _cpu
+    K = _cpu.load()
+    if K is None:
+        pytest.skip(f"C++ kernels not built here: {_cpu.error()}")
+    torch.manual_seed(hw[0] * 100 + hw[1])
+    x = torch.randint(-3, 4, (4, 40, *hw)).float()
+    x[0, 0] = -7.0  # a row whose every element ties
+    avg, mx, idx = K.channel_pool(x)
+    want_max, want_idx = x.flatten(2).max(2)
+    torch.testing.assert_close(mx, want_max)
+    torch.testing.assert_close(avg, x.flatten(2).mean(2))
+    assert torch.equal(idx.long(), want_idx)
+    # the per-sample forward with need_idx, through the module: gradients equal the reference's
+    ref, fus = _pair("paper", 40, torch.float32, False)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(x)
+    (ref(xr) * g).sum().backward()
+    (fus(xf) * g).sum().backward()
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_saved_for_backward_is_lean():
     """What autograd keeps: x plus small tensors (<= 1.1x the input's bytes at ResNet shapes)."""
     x = torch.randn(4, 256, 28, 28, requires_grad=True)
