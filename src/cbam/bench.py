@@ -18,20 +18,31 @@ from .ops import backend_name
 STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object], int], float]:
-    def run(fn: Callable[[], object], reps: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_rounds(fns: Dict[str, Callable[[], object]], reps: int, device: torch.device,
+                 warm_each: bool = True) -> Dict[str, float]:
+    """Median seconds of each function, timed in ``reps`` rounds that run every function once, in an
+    order rotated per round: a slow phase of a shared machine (page reclaim, a neighbour's burst) lands
+    on all of them alike instead of on whichever was timed then, so ratios between them are fair.
+    ``warm_each`` runs each function once untimed just before its timed call, so it finds its own
+    data in cache as when it runs back to back (and as a layer finds its input, just written)."""
+    for fn in fns.values():
         fn()  # warm-up (and compilation / kernel caches)
-        times = []
-        for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+    keys, times = list(fns), {k: [] for k in fns}
+    for r in range(reps):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if warm_each:
+                fns[k]()
+            _sync(device)
             t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]  # median
-    return run
+            fns[k]()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -57,38 +68,54 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def bandwidth(x: torch.Tensor, timer, reps: int) -> Dict[str, float]:
+def bandwidth(x: torch.Tensor, reps: int) -> Dict[str, float]:
     """Seconds to read x once and to write a same-size tensor once, measured here."""
     y = torch.empty_like(x)
-    t_read = timer(lambda: x.sum(), reps)
-    t_copy = timer(lambda: y.copy_(x), reps)
-    return {"read": t_read, "write": max(t_copy - t_read, t_read * 0.5)}
+    t = timed_rounds({"read": lambda: x.sum(), "copy": lambda: y.copy_(x)}, reps, x.device)
+    return {"read": t["read"], "write": max(t["copy"] - t["read"], t["read"] * 0.5)}
+
+
+def _mlp_alone(x: torch.Tensor, m: CBAM) -> Callable[[], object]:
+    """The channel MLP by itself on (2, N, C) pooled descriptors, in its fewest multiply-adds (the second
+    layer applied once to the sum of both branches' hidden units): the compute any implementation
+    must do besides moving x. It outweighs x's memory traffic when x is small and C is 2048."""
+    fc1, fc2 = m.channel.fc1, m.channel.fc2
+    p = torch.randn(2, x.shape[0], x.shape[1], device=x.device, dtype=x.dtype)
+    b2 = None if fc2.bias is None else 2 * fc2.bias.detach()
+    return lambda: torch.sigmoid(nn.functional.linear(nn.functional.relu(fc1(p)).sum(0), fc2.weight, b2))
 
 
 def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm_col: bool,
                log: Callable[[str], None], shapes: Sequence[Tuple[int, int]] = STAGES) -> List[Dict]:
-    timer = _timer(device)
     rows = []
     for c, s in shapes:
         x = torch.randn(n, c, s, s, device=device, dtype=dtype)
         ref = CBAM(c, impl="reference").to(device, dtype)
         fus = CBAM(c, impl="fused").to(device, dtype)
         fus.load_state_dict(ref.state_dict())
-        bw = bandwidth(x, timer, reps)
+        bw = bandwidth(x, reps)
         bound_f = 3 * bw["read"] + bw["write"]
         bound_fb = bound_f + 5 * bw["read"] + bw["write"]
-        with torch.no_grad():
-            t_ref = timer(lambda: ref(x), reps)
-            t_fus = timer(lambda: fus(x), reps)
         xr = x.detach().requires_grad_()
         gy = torch.ones_like(x)  # made once: a fresh full-size tensor per call would time the allocator
 
+        def no_grad(m):
+            def run():
+                with torch.no_grad():
+                    return m(x)
+            return run
+
         def fb(m):
-            m(xr).backward(gy)
-            xr.grad = None
-        t_fus_g = timer(lambda: fus(xr), reps)  # forward that keeps the argmax routes for backward
-        t_ref_b = timer(lambda: fb(ref), max(2, reps // 2))
-        t_fus_b = timer(lambda: fb(fus), max(2, reps // 2))
+            def run():
+                m(xr).backward(gy)
+                xr.grad = None
+            return run
+        mlp = _mlp_alone(x, ref)
+        with torch.no_grad():
+            t_mlp = timed_rounds({"mlp": mlp}, reps, device)["mlp"]
+        t = timed_rounds({"ref": no_grad(ref), "fus": no_grad(fus), "fus_g": lambda: fus(xr),  # fus_g keeps
+                          "ref_b": fb(ref), "fus_b": fb(fus)}, reps, device)                    # the argmax routes
+        t_ref, t_fus, t_fus_g, t_ref_b, t_fus_b = (t[k] for k in ("ref", "fus", "fus_g", "ref_b", "fus_b"))
         xb = x.numel() * x.element_size()
         row = {"shape": f"{n}x{c}x{s}x{s}", "backend": backend_name(x), "ref_fwd_ms": 1e3 * t_ref,
                "fused_fwd_ms": 1e3 * t_fus, "fused_fwd_grad_ms": 1e3 * t_fus_g, "fwd_speedup": t_ref / t_fus,
@@ -96,13 +123,13 @@ def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm
                "fused_fwd_vs_bound": t_fus / bound_f, "ref_fb_ms": 1e3 * t_ref_b, "fused_fb_ms": 1e3 * t_fus_b,
                "fb_speedup": t_ref_b / t_fus_b, "bound_fb_ms": 1e3 * bound_fb,
                "saved_ref_x": saved_bytes(ref, x) / xb, "saved_fused_x": saved_bytes(fus, x) / xb,
-               "fused_fwd_GBps": 4 * xb / t_fus / 1e9, "copy_GBps": 2 * xb / (bw["read"] + bw["write"]) / 1e9}
+               "mlp_ms": 1e3 * t_mlp, "fused_fwd_GBps": 4 * xb / t_fus / 1e9,
+               "copy_GBps": 2 * xb / (bw["read"] + bw["write"]) / 1e9}
         if timm_col:
             try:
                 from timm.layers import CbamModule
                 tm = CbamModule(c).to(device, dtype).eval()
-                with torch.no_grad():
-                    row["timm_fwd_ms"] = 1e3 * timer(lambda: tm(x), reps)
+                row["timm_fwd_ms"] = 1e3 * timed_rounds({"timm": no_grad(tm)}, reps, device)["timm"]
             except Exception as e:  # timm needs torchvision, absent on CPU-only machines
                 log(f"timm column skipped: {type(e).__name__}: {e}")
                 timm_col = False
@@ -115,56 +142,70 @@ def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm
 
 
 def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Callable[[str], None]) -> List[Dict]:
-    timer = _timer(device)
+    """ResNet-50 with and without CBAM, all three built first and timed in interleaved rounds."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    out = {}
+    infer, train = {}, {}
     for name, kw in [("resnet50", {}), ("resnet50 + CBAM (reference)", dict(attention="cbam",
                                                                              attention_kwargs={"impl": "reference"})),
                      ("resnet50 + CBAM (fused)", dict(attention="cbam", attention_kwargs={"impl": "fused"}))]:
+        torch.manual_seed(0)
         m = create_model("resnet50", **kw).to(device)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        m.eval()
-        with torch.no_grad():
-            t_inf = timer(lambda: m(x), reps)
-        m.train()
 
-        def step():
+        def inference(m=m):
+            m.eval()
+            with torch.no_grad():
+                return m(x)
+
+        def step(m=m, opt=opt):
+            m.train()
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(m(x), y).backward()
             opt.step()
-        t_train = timer(step, reps)
-        out[name] = (t_inf, t_train)
-        log(f"  {name}: inference {1e3 * t_inf:.0f} ms, training step {1e3 * t_train:.0f} ms")
-        del m, opt
+        infer[name], train[name] = inference, step
+    # a network's working set is far larger than any cache: no warm call before each timed one
+    t_inf = timed_rounds(infer, reps, device, warm_each=False)
+    t_train = timed_rounds(train, reps, device, warm_each=False)
+    out = {k: (t_inf[k], t_train[k]) for k in infer}
+    for k, (ti, tt) in out.items():
+        log(f"  {k}: inference {1e3 * ti:.0f} ms, training step {1e3 * tt:.0f} ms")
     base = out["resnet50"]
     return [{"network": k, "infer_ms": 1e3 * v[0], "train_ms": 1e3 * v[1],
              "infer_overhead_pct": 100 * (v[0] / base[0] - 1), "train_overhead_pct": 100 * (v[1] / base[1] - 1)}
             for k, v in out.items()]
 
 
+_STAGE_COLS = ["shape", "kernels", "eager fwd ms", "fused fwd ms", "fwd speed-up", "bound fwd ms", "fused/bound",
+               "MLP alone ms", "fused fwd, grad mode ms", "eager fwd+bwd ms", "fused fwd+bwd ms", "fwd+bwd speed-up",
+               "activations saved for bwd (x bytes) eager / fused"]
+
+
+def _stage_cells(r: Dict) -> List[str]:
+    return [r["shape"], r["backend"], f"{r['ref_fwd_ms']:.2f}", f"{r['fused_fwd_ms']:.2f}", f"{r['fwd_speedup']:.2f}x",
+            f"{r['bound_fwd_ms']:.2f}", f"{r['fused_fwd_vs_bound']:.2f}x", f"{r['mlp_ms']:.2f}",
+            f"{r['fused_fwd_grad_ms']:.2f}", f"{r['ref_fb_ms']:.2f}", f"{r['fused_fb_ms']:.2f}",
+            f"{r['fb_speedup']:.2f}x", f"{r['saved_ref_x']:.2f} / {r['saved_fused_x']:.2f}"] + (
+        [f"{r['timm_fwd_ms']:.2f}"] if "timm_fwd_ms" in r else [])
+
+
 def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
-    lines = [header, "", "| shape | kernels | eager fwd ms | fused fwd ms | fwd speed-up | bound fwd ms | fused/bound | "
-             "fused fwd, grad mode ms | eager fwd+bwd ms | fused fwd+bwd ms | fwd+bwd speed-up | "
-             "activations saved for bwd (x bytes) eager / fused |"
-             + (" timm fwd ms |" if stages and "timm_fwd_ms" in stages[0] else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if stages and "timm_fwd_ms" in
-                                                                           stages[0] else "")]
-    for r in stages:
-        lines.append(f"| {r['shape']} | {r['backend']} | {r['ref_fwd_ms']:.2f} | {r['fused_fwd_ms']:.2f} | "
-                     f"{r['fwd_speedup']:.2f}x | {r['bound_fwd_ms']:.2f} | {r['fused_fwd_vs_bound']:.2f}x | "
-                     f"{r['fused_fwd_grad_ms']:.2f} | {r['ref_fb_ms']:.2f} | {r['fused_fb_ms']:.2f} | {r['fb_speedup']:.2f}x | "
-                     f"{r['saved_ref_x']:.2f} / {r['saved_fused_x']:.2f} |"
-                     + (f" {r['timm_fwd_ms']:.2f} |" if "timm_fwd_ms" in r else ""))
+    cols = _STAGE_COLS + (["timm fwd ms"] if stages and "timm_fwd_ms" in stages[0] else [])
+    lines = [header, "", "| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
+    lines += ["| " + " | ".join(_stage_cells(r)) + " |" for r in stages]
     if stages:
         lines += ["", "Forward columns run under `torch.no_grad()` (inference: the fused op keeps no argmax "
                   "routes); 'grad mode' is the fused forward that keeps them for backward.",
                   "", "Memory bound = 3 reads + 1 write of x (forward) and + 5 reads + 1 write (backward), from the "
                   "read and copy bandwidth measured on the same tensor in this run; copy bandwidth "
                   + ", ".join(f"{r['copy_GBps']:.0f}" for r in stages) + " GB/s; fused forward moved "
-                  + ", ".join(f"{r['fused_fwd_GBps']:.0f}" for r in stages) + " GB/s."]
+                  + ", ".join(f"{r['fused_fwd_GBps']:.0f}" for r in stages) + " GB/s. 'MLP alone' is the channel "
+                  "MLP by itself on the pooled descriptors (compute, not traffic; outside the bound).",
+                  "", "Times are medians of rounds that run every variant once in rotated order (each after an "
+                  "untimed call), so a slow phase of the machine hits all variants alike."]
     if nets:
-        lines += ["", "| network | inference ms | overhead | training step ms | overhead |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "Networks are timed in interleaved rounds too (all three built first).", "",
+                  "| network | inference ms | overhead | training step ms | overhead |", "|---|---:|---:|---:|---:|"]
         for r in nets:
             lines.append(f"| {r['network']} | {r['infer_ms']:.1f} | {r['infer_overhead_pct']:+.1f} % | "
                          f"{r['train_ms']:.1f} | {r['train_overhead_pct']:+.1f} % |")
