@@ -25,6 +25,8 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     assert [ln.split("|")[1].strip() for ln in nets] == ["resnet50", "resnet50 + CBAM (reference)",
                                                          "resnet50 + CBAM (fused)"]
     assert "+0.0 %" in nets[0]
+    situ = [float(ln.split("|")[4].strip().rstrip(" %")) for ln in nets]  # time inside the CBAM calls
+    assert situ[0] == 0.0 and situ[1] > 0 and situ[2] > 0
 
 
 def test_timed_rounds_rotates_and_takes_medians(monkeypatch):

@@ -3,7 +3,8 @@
 Every ratio is measured in one run on one machine: eager reference vs fused,
 forward and forward+backward; both against the memory-traffic bound measured
 here (read and copy bandwidth of the same tensor); bytes saved for backward;
-and ResNet-50 with vs without CBAM (inference and a training step).
+and ResNet-50 with vs without CBAM (inference and a training step, and the time spent
+inside the CBAM calls). Variants are timed in interleaved rounds (:func:`timed_rounds`).
 """
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -145,7 +146,7 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     """ResNet-50 with and without CBAM, all three built first and timed in interleaved rounds."""
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    infer, train = {}, {}
+    infer, train, models = {}, {}, []
     for name, kw in [("resnet50", {}), ("resnet50 + CBAM (reference)", dict(attention="cbam",
                                                                              attention_kwargs={"impl": "reference"})),
                      ("resnet50 + CBAM (fused)", dict(attention="cbam", attention_kwargs={"impl": "fused"}))]:
@@ -164,6 +165,7 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
             nn.functional.cross_entropy(m(x), y).backward()
             opt.step()
         infer[name], train[name] = inference, step
+        models.append(m)
     # a network's working set is far larger than any cache: no warm call before each timed one
     t_inf = timed_rounds(infer, reps, device, warm_each=False)
     t_train = timed_rounds(train, reps, device, warm_each=False)
@@ -171,9 +173,37 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     for k, (ti, tt) in out.items():
         log(f"  {k}: inference {1e3 * ti:.0f} ms, training step {1e3 * tt:.0f} ms")
     base = out["resnet50"]
-    return [{"network": k, "infer_ms": 1e3 * v[0], "train_ms": 1e3 * v[1],
+    rows = [{"network": k, "infer_ms": 1e3 * v[0], "train_ms": 1e3 * v[1],
              "infer_overhead_pct": 100 * (v[0] / base[0] - 1), "train_overhead_pct": 100 * (v[1] / base[1] - 1)}
             for k, v in out.items()]
+    if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
+        for r, m in zip(rows, models):
+            r["attn_infer_pct"] = 100 * _attention_time(m, infer[r["network"]], reps) / base[0]
+    return rows
+
+
+def _attention_time(model: nn.Module, fn: Callable[[], object], reps: int) -> float:
+    """Median over ``reps`` calls of ``fn`` of the seconds spent inside the model's CBAM modules
+    (forward hooks): what the attention costs in place, apart from its effect on other layers."""
+    spent, start = [0.0], {}
+
+    def pre(mod, _):
+        start[id(mod)] = time.perf_counter()
+
+    def post(mod, _, __):
+        spent[0] += time.perf_counter() - start[id(mod)]
+    handles = [h for mod in model.modules() if isinstance(mod, CBAM)
+               for h in (mod.register_forward_pre_hook(pre), mod.register_forward_hook(post))]
+    try:
+        runs = []
+        for _ in range(reps):
+            spent[0] = 0.0
+            fn()
+            runs.append(spent[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(runs)[len(runs) // 2]
 
 
 _STAGE_COLS = ["shape", "kernels", "eager fwd ms", "fused fwd ms", "fwd speed-up", "bound fwd ms", "fused/bound",
@@ -204,11 +234,17 @@ def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
                   "", "Times are medians of rounds that run every variant once in rotated order (each after an "
                   "untimed call), so a slow phase of the machine hits all variants alike."]
     if nets:
-        lines += ["", "Networks are timed in interleaved rounds too (all three built first).", "",
-                  "| network | inference ms | overhead | training step ms | overhead |", "|---|---:|---:|---:|---:|"]
+        situ = "attn_infer_pct" in nets[0]
+        lines += ["", "Networks are timed in interleaved rounds too (all three built first)."
+                  + (" 'CBAM calls' is the time inside the CBAM modules during inference (forward hooks), "
+                     "in % of plain ResNet-50's inference: the rest of the overhead is in other layers." if situ
+                     else ""), "",
+                  "| network | inference ms | overhead |" + (" CBAM calls |" if situ else "")
+                  + " training step ms | overhead |", "|---|---:|---:|" + ("---:|" if situ else "") + "---:|---:|"]
         for r in nets:
             lines.append(f"| {r['network']} | {r['infer_ms']:.1f} | {r['infer_overhead_pct']:+.1f} % | "
-                         f"{r['train_ms']:.1f} | {r['train_overhead_pct']:+.1f} % |")
+                         + (f"{r['attn_infer_pct']:.1f} % | " if situ else "")
+                         + f"{r['train_ms']:.1f} | {r['train_overhead_pct']:+.1f} % |")
     return "\n".join(lines)
 
 
