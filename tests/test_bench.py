@@ -2,6 +2,7 @@
 import math
 import re
 
+import pytest
 import torch
 
 from cbam import bench
@@ -27,6 +28,25 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     assert "+0.0 %" in nets[0]
     situ = [float(ln.split("|")[4].strip().rstrip(" %")) for ln in nets]  # time inside the CBAM calls
     assert situ[0] == 0.0 and situ[1] > 0 and situ[2] > 0
+    assert all(int(ln.split("|")[5]) >= 0 for ln in nets)  # page faults per inference
+    assert "allocator: " in md.splitlines()[0]
+
+
+def test_page_fault_count_sees_fresh_memory():
+    """Writing one byte per page of a fresh 64 MB anonymous mapping must register as at least one
+    fault per 2 MiB (huge pages) -- and none when nothing new is touched."""
+    pytest.importorskip("resource")
+    import mmap
+
+    import numpy as np
+    size = 64 << 20
+
+    def touch():
+        m = mmap.mmap(-1, size)
+        np.frombuffer(m, dtype=np.uint8)[::4096] = 1
+        m.close()
+    assert bench._page_faults(touch, 3) >= size // (2 << 20)
+    assert bench._page_faults(lambda: None, 3) == 0
 
 
 def test_timed_rounds_rotates_and_takes_medians(monkeypatch):

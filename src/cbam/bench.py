@@ -179,7 +179,32 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
         for r, m in zip(rows, models):
             r["attn_infer_pct"] = 100 * _attention_time(m, infer[r["network"]], reps) / base[0]
+            r["faults"] = _page_faults(infer[r["network"]], reps)
     return rows
+
+
+def _page_faults(fn: Callable[[], object], reps: int) -> Optional[int]:
+    """Median minor page faults per call: fresh memory the kernel maps and zeroes on first touch,
+    which on glibc's default settings is a large part of a CPU network's time (docs/PERFORMANCE.md)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    counts = []
+    for _ in range(reps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return sorted(counts)[len(counts) // 2]
+
+
+def allocator_note() -> str:
+    """Which CPU allocator settings this process runs with (they change eager and network times)."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("LD_PRELOAD",
+                                                                                  "THP_MEM_ALLOC_ENABLE")}
+    return "allocator: " + (", ".join(f"{k}={os.path.basename(v) if k == 'LD_PRELOAD' else v}"
+                                      for k, v in sorted(env.items())) or "glibc defaults")
 
 
 def _attention_time(model: nn.Module, fn: Callable[[], object], reps: int) -> float:
@@ -221,8 +246,10 @@ def _stage_cells(r: Dict) -> List[str]:
 
 def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
     cols = _STAGE_COLS + (["timm fwd ms"] if stages and "timm_fwd_ms" in stages[0] else [])
-    lines = [header, "", "| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
-    lines += ["| " + " | ".join(_stage_cells(r)) + " |" for r in stages]
+    lines = [header]
+    if stages:
+        lines += ["", "| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
+        lines += ["| " + " | ".join(_stage_cells(r)) + " |" for r in stages]
     if stages:
         lines += ["", "Forward columns run under `torch.no_grad()` (inference: the fused op keeps no argmax "
                   "routes); 'grad mode' is the fused forward that keeps them for backward.",
@@ -235,15 +262,18 @@ def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
                   "untimed call), so a slow phase of the machine hits all variants alike."]
     if nets:
         situ = "attn_infer_pct" in nets[0]
+        flt = situ and nets[0].get("faults") is not None
         lines += ["", "Networks are timed in interleaved rounds too (all three built first)."
                   + (" 'CBAM calls' is the time inside the CBAM modules during inference (forward hooks), "
                      "in % of plain ResNet-50's inference: the rest of the overhead is in other layers." if situ
-                     else ""), "",
+                     else "") + (" Page faults: minor faults per inference (fresh memory zeroed by the kernel)."
+                                 if flt else ""), "",
                   "| network | inference ms | overhead |" + (" CBAM calls |" if situ else "")
-                  + " training step ms | overhead |", "|---|---:|---:|" + ("---:|" if situ else "") + "---:|---:|"]
+                  + (" page faults |" if flt else "") + " training step ms | overhead |",
+                  "|---|---:|---:|" + ("---:|" if situ else "") + ("---:|" if flt else "") + "---:|---:|"]
         for r in nets:
             lines.append(f"| {r['network']} | {r['infer_ms']:.1f} | {r['infer_overhead_pct']:+.1f} % | "
-                         + (f"{r['attn_infer_pct']:.1f} % | " if situ else "")
+                         + (f"{r['attn_infer_pct']:.1f} % | " if situ else "") + (f"{r['faults']} | " if flt else "")
                          + f"{r['train_ms']:.1f} | {r['train_overhead_pct']:+.1f} % |")
     return "\n".join(lines)
 
@@ -256,7 +286,8 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     header = (f"## CBAM benchmark: {device} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'}), "
-              f"{torch.get_num_threads()} threads, {dtype}, N={n}, torch {torch.__version__}")
+              f"{torch.get_num_threads()} threads, {dtype}, N={n}, torch {torch.__version__}"
+              + (f"; {allocator_note()}" if dev.type == "cpu" else ""))
     log(header)
     st = stage_rows(n, dev, dt, reps, timm_col, log, shapes) if stages else []
     nets = network_rows(net_batch, net_size, dev, reps, log) if network else []

@@ -208,17 +208,15 @@ def _cuda() -> bool:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    import os as _os
     from . import bench
     shapes = bench.STAGES
     if a.smoke:
         shapes = [(32, 8), (64, 4)]
         a.n, a.reps, a.net_batch, a.net_size = 2, 1, 2, 64
     if a.device == "cpu":
-        thp = _os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-        print(f"note: THP_MEM_ALLOC_ENABLE={thp}. Fresh large CPU allocations (page faults) are part of the eager "
-              "times and change with it, in either direction by machine; the fused op reuses its outputs. "
-              "See docs/PERFORMANCE.md")
+        print(f"note: {bench.allocator_note()}. Page faults on fresh memory are part of the eager and network "
+              "times: glibc's defaults give freed blocks back to the OS, tcmalloc (LD_PRELOAD) or "
+              "MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_ keep them. See docs/PERFORMANCE.md")
     md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, a.net_batch, a.net_size,
                          not a.no_stages, True, a.out, shapes=shapes)
     print("\n" + md)
