@@ -168,6 +168,9 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
         models.append(m)
     # a network's working set is far larger than any cache: no warm call before each timed one
     t_inf = timed_rounds(infer, reps, device, warm_each=False)
+    situ = {}  # before any training step: training leaves a larger heap behind, with fewer faults after it
+    if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
+        situ = {k: (_attention_time(m, infer[k], reps), _page_faults(infer[k], reps)) for k, m in zip(infer, models)}
     t_train = timed_rounds(train, reps, device, warm_each=False)
     out = {k: (t_inf[k], t_train[k]) for k in infer}
     for k, (ti, tt) in out.items():
@@ -176,10 +179,9 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     rows = [{"network": k, "infer_ms": 1e3 * v[0], "train_ms": 1e3 * v[1],
              "infer_overhead_pct": 100 * (v[0] / base[0] - 1), "train_overhead_pct": 100 * (v[1] / base[1] - 1)}
             for k, v in out.items()]
-    if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
-        for r, m in zip(rows, models):
-            r["attn_infer_pct"] = 100 * _attention_time(m, infer[r["network"]], reps) / base[0]
-            r["faults"] = _page_faults(infer[r["network"]], reps)
+    for r in rows:
+        if r["network"] in situ:
+            r["attn_infer_pct"], r["faults"] = 100 * situ[r["network"]][0] / base[0], situ[r["network"]][1]
     return rows
 
 
