@@ -24,7 +24,7 @@ def load() -> Optional[ModuleType]:
             try:
                 from torch.utils.cpp_extension import load as _load
                 d = os.path.join(os.path.dirname(__file__), "csrc")
-                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp", "out_cache.cpp")]
+                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp", "mlp_cpu.cpp", "out_cache.cpp")]
                 # -march=native is safe: the extension is compiled on the machine that runs it.
                 # The relaxed-associativity flags let gcc vectorise the float reductions.
                 flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math",

@@ -29,6 +29,9 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
                                          const at::Tensor& w2, const at::Tensor& wc, const at::Tensor& sd,
                                          double scale, bool max_first);
+std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
+                                     const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
+                                     const at::Tensor& w2);
 }  // namespace cbam_cpu
 
 namespace {
@@ -217,6 +220,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_samples", &cbam_cpu::forward_samples);
   m.def("backward_samples", &cbam_cpu::backward_samples);
   m.def("conv_backward", &cbam_cpu::conv_backward);
+  m.def("mlp_backward", &cbam_cpu::mlp_backward);
   m.def("apply", &apply);
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);

@@ -1,0 +1,111 @@
+// Backward of CBAM's channel MLP (z = W2 relu(W1 p + b1) + b2 for p in {p_avg, p_max}, mc = sigmoid(sum z))
+// in one OpenMP parallel region. The same five matmuls as _small.mlp_backward, but each thread
+// computes a slice of every product with single-threaded BLAS, separated by barriers: as separate
+// torch calls every matmul (and every small elementwise op) woke the thread pool again, and on a
+// 2-vCPU VM each wake-up cost ~0.1 ms (32x2048, hid 128: 1.9 ms with 2 threads vs 1.9 ms with one).
+// Slices run along output columns, so each weight is packed by BLAS once in total, not once per thread.
+#include <torch/extension.h>
+#include <ATen/ThreadLocalState.h>
+#include <omp.h>
+#include <exception>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+namespace cbam_cpu {
+namespace {
+
+// Columns [b, e) of `cols` split evenly over nt threads.
+inline std::pair<int64_t, int64_t> share(int64_t cols, int tid, int nt) {
+  return {cols * tid / nt, cols * (tid + 1) / nt};
+}
+
+}  // namespace
+
+// -> [d p_avg, d p_max, d w1, d w2, d b1 (empty without b1), d b2 (the bias is added once per branch)]
+std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
+                                     const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
+                                     const at::Tensor& w2) {
+  const int64_t N = p_avg.size(0), C = p_avg.size(1), hid = w1.size(0);
+  for (const auto* t : {&dmc, &mc, &p_max})
+    TORCH_CHECK(t->sizes() == p_avg.sizes(), "mlp_backward: dmc, mc, p_avg, p_max must all be (N, C)");
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C && w2.dim() == 2 && w2.size(0) == C && w2.size(1) == hid &&
+                  (b1.numel() == 0 || b1.numel() == hid),
+              "mlp_backward: w1 (hid, C), w2 (C, hid), b1 (hid) or empty expected");
+  const auto dt = p_avg.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "mlp_backward: float32 or float64 expected");
+  for (const auto* t : {&dmc, &mc, &p_max, &w1, &w2, &b1})
+    TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous(), "mlp_backward: contiguous tensors of one dtype expected");
+
+  at::NoGradGuard no_grad;  // saved outputs unpacked in backward carry grad_fn; nothing here is differentiated
+  const at::ThreadLocalState tls;  // grad mode and dispatch state for the OpenMP threads, as at::parallel_for does
+  const auto p = at::cat({p_avg, p_max}, 0);                 // (2N, C)
+  auto a = at::empty({2 * N, hid}, p.options()), dz = at::empty({N, C}, p.options());
+  auto hsum = at::empty({N, hid}, p.options()), dzw = at::empty({N, hid}, p.options());
+  auto da = at::empty({2 * N, hid}, p.options()), dw1 = at::empty({hid, C}, p.options());
+  auto dw2 = at::empty({C, hid}, p.options()), dp = at::empty({2 * N, C}, p.options());
+  auto db2 = at::empty({C}, p.options());
+  const bool has_b1 = b1.numel() > 0;
+
+  std::exception_ptr error;
+  std::mutex error_lock;
+  auto guard = [&](auto&& fn) {  // an exception must not skip a barrier the other threads wait at
+    try {
+      fn();
+    } catch (...) {
+      std::lock_guard<std::mutex> l(error_lock);
+      if (!error) error = std::current_exception();
+    }
+  };
+  const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(std::max(hid, int64_t(1)))));
+#pragma omp parallel num_threads(threads)
+  {
+    at::ThreadLocalStateGuard tls_guard(tls);
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t h0, h1, c0, c1;  // plain variables: C++17 lambdas cannot capture structured bindings
+    std::tie(h0, h1) = share(hid, tid, nt);
+    std::tie(c0, c1) = share(C, tid, nt);
+    guard([&] {  // a = p w1^T + b1 (columns h0:h1); dz = dmc * mc * (1 - mc) (columns c0:c1)
+      if (h1 > h0) {
+        auto out = a.narrow(1, h0, h1 - h0);
+        at::mm_out(out, p, w1.narrow(0, h0, h1 - h0).t());
+        if (has_b1) out.add_(b1.narrow(0, h0, h1 - h0));
+      }
+      if (c1 > c0) {
+        const auto m = mc.narrow(1, c0, c1 - c0);
+        dz.narrow(1, c0, c1 - c0).copy_(dmc.narrow(1, c0, c1 - c0) * m * (1 - m));
+      }
+    });
+#pragma omp barrier
+    guard([&] {  // hsum = relu(a_avg) + relu(a_max); dzw = dz w2 (columns h0:h1)
+      if (h1 > h0) {
+        const auto ah = a.narrow(1, h0, h1 - h0);
+        hsum.narrow(1, h0, h1 - h0).copy_(ah.narrow(0, 0, N).clamp_min(0) + ah.narrow(0, N, N).clamp_min(0));
+        auto out = dzw.narrow(1, h0, h1 - h0);
+        at::mm_out(out, dz, w2.narrow(1, h0, h1 - h0));
+        // da = dzw (both branches) * relu'(a)
+        auto dah = da.narrow(1, h0, h1 - h0);
+        dah.narrow(0, 0, N).copy_(out * ah.narrow(0, 0, N).gt(0));
+        dah.narrow(0, N, N).copy_(out * ah.narrow(0, N, N).gt(0));
+      }
+    });
+#pragma omp barrier
+    guard([&] {  // rows c0:c1 of dw2 = dz^T hsum, db2; columns c0:c1 of dw1 = da^T p and dp = da w1
+      if (c1 > c0) {
+        const auto dzc = dz.narrow(1, c0, c1 - c0);
+        auto o2 = dw2.narrow(0, c0, c1 - c0);
+        at::mm_out(o2, dzc.t(), hsum);
+        db2.narrow(0, c0, c1 - c0).copy_(dzc.sum(0) * 2);
+        auto o1 = dw1.narrow(1, c0, c1 - c0);
+        at::mm_out(o1, da.t(), p.narrow(1, c0, c1 - c0));
+        auto op = dp.narrow(1, c0, c1 - c0);
+        at::mm_out(op, da, w1.narrow(1, c0, c1 - c0));
+      }
+    });
+  }
+  if (error) std::rethrow_exception(error);
+  auto db1 = has_b1 ? da.sum(0) : at::empty({0}, p.options());
+  return {dp.narrow(0, 0, N), dp.narrow(0, N, N), dw1, dw2, db1, db2};
+}
+
+}  // namespace cbam_cpu

@@ -1,0 +1,51 @@
+"""The C++ MLP backward (one OpenMP region, sliced matmuls) against the torch-op version in _small."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from cbam.ops import _cpu
+from cbam.ops._small import mlp_backward
+
+K = _cpu.load()
+pytestmark = pytest.mark.skipif(K is None, reason=f"C++ kernels not built here: {_cpu.error()}")
+
+
+def _args(n, c, hid, bias, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    p_avg, p_max, dmc = r(n, c), r(n, c), r(n, c)
+    mc = torch.rand(n, c, generator=g, dtype=dtype)
+    return dmc, mc, p_avg, p_max, r(hid, c) * 0.2, (r(hid) if bias else None), r(c, hid) * 0.2
+
+
+@settings(deadline=None, max_examples=25)
+@given(n=st.integers(1, 40), c=st.integers(1, 700), hid=st.integers(1, 48), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), threads=st.sampled_from([1, 2, 3]))
+def test_matches_torch_ops(n, c, hid, bias, dtype, threads):
+    dmc, mc, p_avg, p_max, w1, b1, w2 = _args(n, c, hid, bias, dtype, n * 7919 + c * 31 + hid)
+    want = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)  # slices along hid and C: more threads than columns must still work
+    try:
+        got = K.mlp_backward(dmc, mc, p_avg, p_max, w1, torch.empty(0, dtype=dtype) if b1 is None else b1, w2)
+    finally:
+        torch.set_num_threads(old)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    names = ["d p_avg", "d p_max", "d w1", "d w2", "d b1", "d b2"]
+    for name, u, v in zip(names, got, want):
+        if v is None:
+            assert u.numel() == 0, name
+        else:
+            torch.testing.assert_close(u, v, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_inputs_with_grad_fn_and_bad_shapes():
+    """Saved op outputs come back in backward attached to the graph; shapes are checked before any thread starts."""
+    dmc, mc, p_avg, p_max, w1, b1, w2 = _args(4, 24, 3, True, torch.float32, 0)
+    mc_graph = mc.clone().requires_grad_() * 1.0
+    got = K.mlp_backward(dmc, mc_graph, p_avg, p_max, w1, b1, w2)
+    torch.testing.assert_close(got[2], mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)[2])
+    with pytest.raises(RuntimeError, match=r"w1 \(hid, C\), w2 \(C, hid\)"):
+        K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2[:, :2].contiguous())
+    with pytest.raises(RuntimeError, match="must all be"):
+        K.mlp_backward(dmc[:2], mc, p_avg, p_max, w1, b1, w2)
