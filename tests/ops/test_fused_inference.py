@@ -47,7 +47,7 @@ def test_per_sample_equals_three_passes(preset, train, dtype, need_idx, group, m
     with torch.no_grad():
         a = FU._forward_samples(K, *args, need_idx)
         b = FU._forward_body(FU.TK, *args, need_idx)  # the three passes with the torch kernels
-    names = ["y", "mc", "ms", "p_avg", "p_max", "idx_c", "sd", "idx_s", "bmean", "bvar"]
+    names = ["y", "mc", "ms", "p_avg", "p_max", "idx_c", "sd", "idx_s", "bmean", "bvar", "mlp pre-activations"]
     for name, u, v in zip(names, a, b):
         assert u.shape == v.shape and u.dtype == v.dtype, name
         if name.startswith("idx"):
@@ -111,7 +111,7 @@ def test_inference_keeps_no_indices_and_refuses_backward():
     args = _args(m, x, False)
     with torch.no_grad():
         out = torch.ops.cbam.fused_cbam_fwd(*args, False)
-    assert out[5].numel() == 0 and out[7].numel() == 0  # idx_c, idx_s not computed
+    assert out[5].numel() == 0 and out[7].numel() == 0 and out[10].numel() == 0  # idx_c, idx_s, pre not kept
     with torch.no_grad():
         torch.testing.assert_close(out[0], m(x))
     xr = x.clone().requires_grad_()

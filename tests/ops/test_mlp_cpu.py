@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from cbam.ops import _cpu
-from cbam.ops._small import mlp_backward
+from cbam.ops._small import mlp_backward, mlp_forward
 
 K = _cpu.load()
 pytestmark = pytest.mark.skipif(K is None, reason=f"C++ kernels not built here: {_cpu.error()}")
@@ -20,14 +20,18 @@ def _args(n, c, hid, bias, dtype, seed):
 
 @settings(deadline=None, max_examples=25)
 @given(n=st.integers(1, 40), c=st.integers(1, 700), hid=st.integers(1, 48), bias=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.float64]), threads=st.sampled_from([1, 2, 3]))
-def test_matches_torch_ops(n, c, hid, bias, dtype, threads):
+       dtype=st.sampled_from([torch.float32, torch.float64]), threads=st.sampled_from([1, 2, 3]),
+       keep_pre=st.booleans())
+def test_matches_torch_ops(n, c, hid, bias, dtype, threads, keep_pre):
+    """With the forward's pre-activations (one matmul fewer) or without (recomputed)."""
     dmc, mc, p_avg, p_max, w1, b1, w2 = _args(n, c, hid, bias, dtype, n * 7919 + c * 31 + hid)
     want = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+    pre = mlp_forward(p_avg, p_max, w1, b1, w2, None)[1].contiguous()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)  # slices along hid and C: more threads than columns must still work
     try:
-        got = K.mlp_backward(dmc, mc, p_avg, p_max, w1, torch.empty(0, dtype=dtype) if b1 is None else b1, w2)
+        got = K.mlp_backward(dmc, mc, p_avg, p_max, w1, torch.empty(0, dtype=dtype) if b1 is None else b1, w2,
+                             pre if keep_pre else torch.empty(0, dtype=dtype))
     finally:
         torch.set_num_threads(old)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -43,9 +47,12 @@ def test_inputs_with_grad_fn_and_bad_shapes():
     """Saved op outputs come back in backward attached to the graph; shapes are checked before any thread starts."""
     dmc, mc, p_avg, p_max, w1, b1, w2 = _args(4, 24, 3, True, torch.float32, 0)
     mc_graph = mc.clone().requires_grad_() * 1.0
-    got = K.mlp_backward(dmc, mc_graph, p_avg, p_max, w1, b1, w2)
+    e = torch.empty(0)
+    got = K.mlp_backward(dmc, mc_graph, p_avg, p_max, w1, b1, w2, e)
     torch.testing.assert_close(got[2], mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)[2])
     with pytest.raises(RuntimeError, match=r"w1 \(hid, C\), w2 \(C, hid\)"):
-        K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2[:, :2].contiguous())
+        K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2[:, :2].contiguous(), e)
     with pytest.raises(RuntimeError, match="must all be"):
-        K.mlp_backward(dmc[:2], mc, p_avg, p_max, w1, b1, w2)
+        K.mlp_backward(dmc[:2], mc, p_avg, p_max, w1, b1, w2, e)
+    with pytest.raises(RuntimeError, match=r"pre must be the forward's \(2, N, hid\)"):
+        K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, torch.zeros(2, 4, 2))

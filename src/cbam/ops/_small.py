@@ -16,19 +16,23 @@ def _c(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def mlp_forward(p_avg: Tensor, p_max: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
-                b2: Optional[Tensor]) -> Tensor:
-    """``mc = sigmoid(MLP(p_avg) + MLP(p_max))``, ``(N, C)`` in the accumulation dtype."""
+                b2: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``mc = sigmoid(MLP(p_avg) + MLP(p_max))``, ``(N, C)`` in the accumulation dtype, and the hidden
+    pre-activations ``(2, N, hid)`` (avg branch first) that the backward needs."""
     a = F.linear(torch.stack([p_avg, p_max]), _c(w1, p_avg.dtype), _c(b1, p_avg.dtype))
-    return torch.sigmoid(F.linear(F.relu(a), _c(w2, p_avg.dtype), _c(b2, p_avg.dtype)).sum(0))
+    return torch.sigmoid(F.linear(F.relu(a), _c(w2, p_avg.dtype), _c(b2, p_avg.dtype)).sum(0)), a
 
 
 def mlp_backward(dmc: Tensor, mc: Tensor, p_avg: Tensor, p_max: Tensor, w1: Tensor, b1: Optional[Tensor],
-                 w2: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
-    """-> (d p_avg, d p_max, d w1, d w2, d b1 or None, d b2-sum-per-branch)."""
+                 w2: Tensor, a: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor],
+                                                                  Tensor]:
+    """-> (d p_avg, d p_max, d w1, d w2, d b1 or None, d b2-sum-per-branch); ``a``: the forward's
+    pre-activations ``(2, N, hid)`` if it kept them (else recomputed)."""
     dt = p_avg.dtype
     w1c, w2c = w1.to(dt), w2.to(dt)
     p = torch.stack([p_avg, p_max])                         # (2, N, C)
-    a = F.linear(p, w1c, _c(b1, dt))                        # (2, N, hid)
+    if a is None or a.numel() == 0:
+        a = F.linear(p, w1c, _c(b1, dt))                    # (2, N, hid)
     h = F.relu(a)
     dz = dmc * mc * (1 - mc)                                # (N, C)
     dw2 = dz.t() @ (h[0] + h[1])                            # (C, hid)

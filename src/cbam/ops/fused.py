@@ -101,14 +101,14 @@ def _forward_body(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2
         return _forward_samples(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
                                 need_idx)
     p_avg, p_max, idx_c = K.channel_pool(x)
-    mc = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
+    mc, pre = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
     s_avg, s_max, idx_s = K.spatial_pool(x, mc, need_idx)
     sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
     ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
     y = K.apply(x, mc, ms.view(n, h * w))
-    if not need_idx:  # inference: the argmax routes are only for backward
-        idx_c, idx_s = _no_idx(x), _no_idx(x)
-    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+    if not need_idx:  # inference: the argmax routes and pre-activations are only for backward
+        idx_c, idx_s, pre = _no_idx(x), _no_idx(x), pre.new_empty(0)
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]
 
 
 def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
@@ -124,7 +124,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     if use_bn and not training:
         inv = (rv.double() + eps).rsqrt() * bn_w.double()
         scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
-    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s = K.forward_samples(
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
         0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, _mlp_group(x, w1))
     ms = ms.view(n, 1, h, w)
@@ -135,7 +135,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
         bmean, bvar = ms.mean().reshape(1), ms.var(unbiased=False).reshape(1)
         ms = torch.sigmoid((ms - bmean) * torch.rsqrt(bvar + eps) * bn_w.to(acc) + bn_b.to(acc))
         y = K.apply(x, mc, ms.view(n, h * w))
-    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar]
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]
 
 
 def _mlp_group(x: Tensor, w1: Tensor) -> int:
@@ -182,16 +182,17 @@ def _fwd_fake(x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, e
     i32 = dict(dtype=torch.int32)
     idx_c, idx_s = (x.new_empty((n, c), **i32), x.new_empty((n, h * w), **i32)) if need_idx else \
         (_no_idx(x), _no_idx(x))
+    pre = x.new_empty((2, n, w1.shape[0]), **f) if need_idx else x.new_empty(0, **f)
     return [torch.empty_like(x), x.new_empty((n, c), **f), x.new_empty((n, 1, h, w), **f),
             x.new_empty((n, c), **f), x.new_empty((n, c), **f), idx_c, x.new_empty((n, 2, h, w), **f), idx_s,
-            x.new_empty(1, **f), x.new_empty(1, **f)]
+            x.new_empty(1, **f), x.new_empty(1, **f), pre]
 
 
 @torch.library.custom_op("cbam::fused_cbam_bwd", mutates_args=())
 def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor, p_avg: Tensor, p_max: Tensor,
-         idx_c: Tensor, sd: Tensor, idx_s: Tensor, bmean: Tensor, bvar: Tensor, w1: Tensor, b1: Optional[Tensor],
-         w2: Tensor, b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], use_bn: bool,
-         training: bool, eps: float, max_first: bool) -> List[Tensor]:
+         idx_c: Tensor, sd: Tensor, idx_s: Tensor, bmean: Tensor, bvar: Tensor, pre: Tensor, w1: Tensor,
+         b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor],
+         bn_w: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
     n, c, h, w = x.shape
     hw = h * w
     g = gy.contiguous() if x.is_contiguous() else gy.contiguous(memory_format=torch.channels_last)
@@ -199,7 +200,7 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
     # per sample, the MLP's input gradient is three mat-vecs per sample: past ~1 MB of MLP weights
     # (C = 2048) the batched matmuls of the three-pass path win (measured: 2048x7x7 10.4 vs 11.6 ms)
     if _per_sample(K, x) and not (use_bn and training) and 2 * w1.numel() * 4 <= 1 << 20:
-        return _backward_samples(K, g, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1,
+        return _backward_samples(K, g, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1,
                                  w2, b2, wc, bc, bn_w, use_bn, training, eps, max_first)
     r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
     dmc = r_c + gmc
@@ -213,7 +214,7 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
     idx = idx_s.long()
     x_at = x.flatten(2).gather(1, idx[:, None, :])[:, 0].to(dmc.dtype)  # N*HW elements, not a pass
     dmc = dmc.scatter_add(1, idx, x_at * d_max)
-    d_avg_c, d_max_c, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, mc, p_avg, p_max, w1, b1, w2)
+    d_avg_c, d_max_c, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, mc, p_avg, p_max, w1, b1, w2, pre)
     dx = K.input_grad(g, mc, ms.view(n, hw), a, (d_avg_c / hw).contiguous(), idx_s, d_max,
                       idx_c, d_max_c.contiguous())                   # read g, write dx
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
@@ -221,9 +222,9 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor
 
 def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, mc: Tensor, ms: Tensor,
                       p_avg: Tensor, p_max: Tensor, idx_c: Tensor, sd: Tensor, idx_s: Tensor, bmean: Tensor,
-                      bvar: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
-                      bc: Optional[Tensor], bn_w: Optional[Tensor], use_bn: bool, training: bool, eps: float,
-                      max_first: bool) -> List[Tensor]:
+                      bvar: Tensor, pre: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                      wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], use_bn: bool, training: bool,
+                      eps: float, max_first: bool) -> List[Tensor]:
     """The input gradient per sample in C++ (g and x read from DRAM once); the weight gradients
     from the returned gate gradients with the same small batched ops as the three-pass path."""
     n, c, h, w = x.shape
@@ -238,21 +239,22 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, x: Ten
     _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), ms, sd, wc, bc, bn_w, use_bn, training, bmean,
                                                bvar, eps, need_input=False, need_weight=False)
     dwc = dwc.sum(0, keepdim=True)
-    _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, mc, p_avg, p_max, w1, b1, w2)
+    _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, mc, p_avg, p_max, w1, b1, w2, pre)
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, w1, b1, w2, b2, wc, bc, bn_w, use_bn)
 
 
 def _mlp_backward(K: ModuleType, dmc: Tensor, mc: Tensor, p_avg: Tensor, p_max: Tensor, w1: Tensor,
-                  b1: Optional[Tensor], w2: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
+                  b1: Optional[Tensor], w2: Tensor, pre: Tensor
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
     """:func:`._small.mlp_backward`, in one C++ parallel region where the kernels have it (the five
     matmuls as separate torch calls each woke the thread pool: 32x2048, hid 128: 2.1 -> 1.2-1.4 ms)."""
     if not hasattr(K, "mlp_backward"):
-        return mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+        return mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, pre)
     acc = mc.dtype
     cast = lambda t: _acc_arg(t, mc, acc)  # noqa: E731
     d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731  (saved outputs come back with a grad_fn)
     d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(mc), d(p_avg), d(p_max), cast(w1), cast(b1),
-                                                      cast(w2))
+                                                      cast(w2), d(pre))
     return d_avg, d_max, dw1, dw2, (None if b1 is None else db1), db2
 
 
@@ -268,7 +270,7 @@ def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2:
 
 
 @_bwd.register_fake
-def _bwd_fake(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w,
+def _bwd_fake(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1, w2, b2, wc, bc, bn_w,
               use_bn, training, eps, max_first):
     e = wc.new_empty(0)
     return [torch.empty_like(x), torch.empty_like(w1), e if b1 is None else torch.empty_like(b1),
@@ -281,8 +283,8 @@ def _setup(ctx, inputs, output):
     # need_idx has no default: the dispatcher drops trailing default arguments, which would change
     # how many gradients the backward must return
     x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first, need_idx = inputs
-    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar = output
-    ctx.save_for_backward(x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w)
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre = output
+    ctx.save_for_backward(x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1, w2, b2, wc, bc, bn_w)
     ctx.flags = (use_bn, training, eps, max_first)
     ctx.need_idx = need_idx
 
@@ -294,12 +296,12 @@ def _backward(ctx, *grads):
     if not ctx.need_idx:
         raise RuntimeError("cbam::fused_cbam_fwd ran with need_idx=False (no argmax routes kept), so it has no "
                            "backward; call it with need_idx=True when gradients are needed")
-    x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w = ctx.saved_tensors
+    x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1, w2, b2, wc, bc, bn_w = ctx.saved_tensors
     use_bn, training, eps, max_first = ctx.flags
     gy = torch.zeros_like(x) if gy is None else gy
     gmc = torch.zeros_like(mc) if gmc is None else gmc
     gms = torch.zeros_like(ms) if gms is None else gms
-    g = _bwd(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, w1, b1, w2, b2, wc, bc, bn_w,
+    g = _bwd(gy, gmc, gms, x, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1, w2, b2, wc, bc, bn_w,
              use_bn, training, eps, max_first)
     dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b = g
     none_if = lambda t, ref: None if ref is None else t  # noqa: E731
@@ -349,7 +351,7 @@ def fused_cbam_with_gates(
     # the argmax routes are needed only when a gradient will flow back
     params = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias)
     need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    y, mc, ms, *_, bmean, bvar = _fwd(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+    y, mc, ms, *_, bmean, bvar, _ = _fwd(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                                       bn_weight, bn_bias, bn_running_mean, bn_running_var, use_bn, bn_training,
                                       float(bn_eps), order == "max_avg", need_idx)
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:

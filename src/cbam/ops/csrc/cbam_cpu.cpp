@@ -31,7 +31,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          double scale, bool max_first);
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2);
+                                     const at::Tensor& w2, const at::Tensor& pre);
 }  // namespace cbam_cpu
 
 namespace {

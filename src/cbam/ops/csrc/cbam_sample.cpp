@@ -21,13 +21,14 @@ inline A sigmoid(A z) { return A(1) / (A(1) + std::exp(-z)); }
 // mc = sigmoid(W2 relu(W1 avg + b1) + W2 relu(W1 mx + b1) + 2 b2); w1 (hid, C), w2 (C, hid).
 template <typename A>
 void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, const A* b1, const A* w2,
-              const A* b2, A* h, A* mc) {
+              const A* b2, A* h, A* mc, A* pre_avg, A* pre_max) {
   for (int64_t j = 0; j < hid; ++j) {
     const A* wr = w1 + j * C;
     A sa = 0, sm = 0;
     _Pragma("omp simd reduction(+:sa, sm)")
     for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
     const A b = b1 ? b1[j] : A(0);
+    if (pre_avg) { pre_avg[j] = sa + b; pre_max[j] = sm + b; }  // kept for backward (its relu masks)
     h[j] = std::max(sa + b, A(0)) + std::max(sm + b, A(0));
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -45,7 +46,7 @@ void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, co
 // that BLAS is slower than the mat-vecs.
 template <typename A>
 void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at::Tensor& w1, const A* b1,
-                    const at::Tensor& w2, const A* b2, A* mc) {
+                    const at::Tensor& w2, const A* b2, A* mc, A* pre_avg, A* pre_max) {
   const int64_t G = pa.size(0), C = pa.size(1), hid = w1.size(0);
   auto w1t = w1.t();
   auto ha = at::mm(pa, w1t), hm = at::mm(pm, w1t);
@@ -53,6 +54,7 @@ void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at::Tensor
   for (int64_t i = 0; i < G; ++i)
     for (int64_t j = 0; j < hid; ++j) {
       const A b = b1 ? b1[j] : A(0);
+      if (pre_avg) { pre_avg[i * hid + j] = hap[i * hid + j] + b; pre_max[i * hid + j] = hmp[i * hid + j] + b; }
       hap[i * hid + j] = std::max(hap[i * hid + j] + b, A(0)) + std::max(hmp[i * hid + j] + b, A(0));
     }
   auto z = at::mm(ha, w2.t());
@@ -194,6 +196,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
   auto io = x.options().dtype(at::kInt);
   auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
   auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
+  auto pre = need_idx ? at::empty({2, N, hid}, fo) : at::empty({0}, fo);  // MLP pre-activations, for backward
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "forward_samples", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -205,6 +208,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
     A* sdp = sd.data_ptr<A>();
     int32_t* icp = need_idx ? idx_c.data_ptr<int32_t>() : nullptr;
     int32_t* isp = need_idx ? idx_s.data_ptr<int32_t>() : nullptr;
+    A* prp = need_idx ? pre.data_ptr<A>() : nullptr;  // (2, N, hid): the avg branch, then the max branch
     const A sc = static_cast<A>(scale), sh = static_cast<A>(shift), cb = static_cast<A>(conv_bias);
     const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
@@ -218,11 +222,13 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
           int32_t* ic = need_idx ? icp + n * C : nullptr;
           for (int64_t c = 0; c < C; ++c)                                 // pass 1: channel pooling
             row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
-          if (group == 1) mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), mcp + n * C);
+          if (group == 1)
+            mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), mcp + n * C, prp ? prp + n * hid : nullptr,
+                     prp ? prp + (N + n) * hid : nullptr);
         }
         if (group > 1)
           mlp_gate_group(p_avg.narrow(0, n0, n1 - n0), p_max.narrow(0, n0, n1 - n0), w1, b1p, w2, b2p,
-                         mcp + n0 * C);
+                         mcp + n0 * C, prp ? prp + n0 * hid : nullptr, prp ? prp + (N + n0) * hid : nullptr);
         for (int64_t n = n0; n < n1; ++n) {
           const scalar_t* xn = xp + n * C * HW;
           const A* g = mcp + n * C;
@@ -245,7 +251,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
       }
     });
   });
-  return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s};
+  return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre};
 }
 
 }  // namespace cbam_cpu

@@ -22,10 +22,11 @@ inline std::pair<int64_t, int64_t> share(int64_t cols, int tid, int nt) {
 
 }  // namespace
 
+// `pre`: the forward's MLP pre-activations (2, N, hid) or empty (then recomputed).
 // -> [d p_avg, d p_max, d w1, d w2, d b1 (empty without b1), d b2 (the bias is added once per branch)]
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2) {
+                                     const at::Tensor& w2, const at::Tensor& pre) {
   const int64_t N = p_avg.size(0), C = p_avg.size(1), hid = w1.size(0);
   for (const auto* t : {&dmc, &mc, &p_max})
     TORCH_CHECK(t->sizes() == p_avg.sizes(), "mlp_backward: dmc, mc, p_avg, p_max must all be (N, C)");
@@ -46,6 +47,13 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
   auto dw2 = at::empty({C, hid}, p.options()), dp = at::empty({2 * N, C}, p.options());
   auto db2 = at::empty({C}, p.options());
   const bool has_b1 = b1.numel() > 0;
+  // the forward's pre-activations (2, N, hid), when it kept them: one of the five matmuls fewer
+  const bool have_pre = pre.numel() > 0;
+  if (have_pre) {
+    TORCH_CHECK(pre.numel() == 2 * N * hid && pre.scalar_type() == dt && pre.is_contiguous(),
+                "mlp_backward: pre must be the forward's (2, N, hid) pre-activations or empty");
+    a = pre.view({2 * N, hid});
+  }
 
   std::exception_ptr error;
   std::mutex error_lock;
@@ -66,7 +74,7 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
     std::tie(h0, h1) = share(hid, tid, nt);
     std::tie(c0, c1) = share(C, tid, nt);
     guard([&] {  // a = p w1^T + b1 (columns h0:h1); dz = dmc * mc * (1 - mc) (columns c0:c1)
-      if (h1 > h0) {
+      if (h1 > h0 && !have_pre) {
         auto out = a.narrow(1, h0, h1 - h0);
         at::mm_out(out, p, w1.narrow(0, h0, h1 - h0).t());
         if (has_b1) out.add_(b1.narrow(0, h0, h1 - h0));
