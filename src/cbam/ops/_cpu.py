@@ -44,7 +44,7 @@ def error() -> Optional[str]:
 
 
 # The cache of the fused op's full-size outputs (csrc/out_cache.cpp): like CUDA's caching allocator,
-# freed outputs (y, dx) of >= 1 MiB are kept, up to a byte limit (1 GiB; CBAM_OUTPUT_CACHE_MB sets
+# freed outputs (y, dx, the MLP backward's buffers) of >= 256 KiB are kept, up to a byte limit (1 GiB; CBAM_OUTPUT_CACHE_MB sets
 # it, 0 turns the cache off), and the next output of the same size reuses one without page faults.
 
 def empty_output_cache() -> int:

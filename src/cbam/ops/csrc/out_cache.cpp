@@ -22,7 +22,7 @@
 namespace cbam_cpu {
 namespace {
 
-constexpr size_t kMinBytes = 1 << 20;     // smaller outputs: torch's allocator (no faults worth saving)
+constexpr size_t kMinBytes = 256 << 10;   // smaller: torch's allocator (glibc keeps those in its heap)
 constexpr size_t kHugeAlign = 2 << 20;    // 2 MiB alignment + MADV_HUGEPAGE, as THP_MEM_ALLOC_ENABLE does
 
 struct Block {
@@ -73,8 +73,9 @@ struct CachingAllocator final : c10::Allocator {
       }
     }
     if (p == nullptr) {
-      if (posix_memalign(&p, kHugeAlign, n) != 0) TORCH_CHECK(false, "cbam: out of memory allocating ", n, " bytes");
-      madvise(p, n, MADV_HUGEPAGE);  // advisory: ignored where THP is off
+      const size_t align = n >= kHugeAlign ? kHugeAlign : 64;
+      if (posix_memalign(&p, align, n) != 0) TORCH_CHECK(false, "cbam: out of memory allocating ", n, " bytes");
+      if (align == kHugeAlign) madvise(p, n, MADV_HUGEPAGE);  // advisory: ignored where THP is off
     }
     return {p, new Block{p, n}, &give_back, c10::Device(c10::DeviceType::CPU)};
   }
@@ -91,13 +92,19 @@ CachingAllocator& allocator() {
 
 }  // namespace
 
+// A contiguous CPU tensor, from the cache when it is large enough to matter. Also used for the
+// backward's MB-sized temporaries and weight gradients, which glibc would map and fault in afresh.
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
+  if (bytes < kMinBytes || state().limit == 0) return at::empty(sizes, at::TensorOptions().dtype(dtype));
+  return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+                                   at::MemoryFormat::Contiguous);
+}
+
 // A contiguous tensor shaped and typed like x, from the cache when it is large enough to matter.
 at::Tensor cached_empty_like(const at::Tensor& x) {
-  const size_t bytes = static_cast<size_t>(x.numel()) * x.element_size();
-  if (bytes < kMinBytes || state().limit == 0 || x.device().type() != c10::DeviceType::CPU)
-    return at::empty_like(x, at::MemoryFormat::Contiguous);
-  return at::detail::empty_generic(x.sizes(), &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   x.scalar_type(), at::MemoryFormat::Contiguous);
+  if (x.device().type() != c10::DeviceType::CPU) return at::empty_like(x, at::MemoryFormat::Contiguous);
+  return cached_empty(x.sizes(), x.scalar_type());
 }
 
 // Frees the cached blocks; returns how many bytes were released.

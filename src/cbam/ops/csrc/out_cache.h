@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 namespace cbam_cpu {
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype);
 at::Tensor cached_empty_like(const at::Tensor& x);
 int64_t empty_cache();
 int64_t cached_bytes();
