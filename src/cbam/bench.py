@@ -170,7 +170,7 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     t_inf = timed_rounds(infer, reps, device, warm_each=False)
     situ = {}  # before any training step: training leaves a larger heap behind, with fewer faults after it
     if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
-        situ = {k: (_attention_time(m, infer[k], reps), _page_faults(infer[k], reps)) for k, m in zip(infer, models)}
+        situ = {k: _in_situ(m, infer[k], reps) for k, m in zip(infer, models)}
     t_train = timed_rounds(train, reps, device, warm_each=False)
     out = {k: (t_inf[k], t_train[k]) for k in infer}
     for k, (ti, tt) in out.items():
@@ -185,21 +185,6 @@ def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Ca
     return rows
 
 
-def _page_faults(fn: Callable[[], object], reps: int) -> Optional[int]:
-    """Median minor page faults per call: fresh memory the kernel maps and zeroes on first touch,
-    which on glibc's default settings is a large part of a CPU network's time (docs/PERFORMANCE.md)."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    counts = []
-    for _ in range(reps):
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        fn()
-        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    return sorted(counts)[len(counts) // 2]
-
-
 def allocator_note() -> str:
     """Which CPU allocator settings this process runs with (they change eager and network times)."""
     import os
@@ -209,9 +194,17 @@ def allocator_note() -> str:
                                       for k, v in sorted(env.items())) or "glibc defaults")
 
 
-def _attention_time(model: nn.Module, fn: Callable[[], object], reps: int) -> float:
-    """Median over ``reps`` calls of ``fn`` of the seconds spent inside the model's CBAM modules
-    (forward hooks): what the attention costs in place, apart from its effect on other layers."""
+def _in_situ(model: nn.Module, fn: Callable[[], object], reps: int) -> Tuple[float, Optional[int]]:
+    """Over ``reps`` calls of ``fn`` (one loop for both): the median seconds spent inside the model's
+    CBAM modules (forward hooks: what the attention costs in place, apart from its effect on other
+    layers) and the median minor page faults per call (fresh memory the kernel maps and zeroes on
+    first touch, a large part of a CPU network's time on glibc's defaults; None where the
+    ``resource`` module is missing)."""
+    try:
+        import resource
+        faults: Optional[Callable[[], int]] = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
+    except ImportError:  # not on Windows
+        faults = None
     spent, start = [0.0], {}
 
     def pre(mod, _):
@@ -221,16 +214,19 @@ def _attention_time(model: nn.Module, fn: Callable[[], object], reps: int) -> fl
         spent[0] += time.perf_counter() - start[id(mod)]
     handles = [h for mod in model.modules() if isinstance(mod, CBAM)
                for h in (mod.register_forward_pre_hook(pre), mod.register_forward_hook(post))]
+    runs, counts = [], []
     try:
-        runs = []
         for _ in range(reps):
             spent[0] = 0.0
+            f0 = faults() if faults else 0
             fn()
+            counts.append(faults() - f0 if faults else 0)
             runs.append(spent[0])
     finally:
         for h in handles:
             h.remove()
-    return sorted(runs)[len(runs) // 2]
+    mid = len(runs) // 2
+    return sorted(runs)[mid], (sorted(counts)[mid] if faults else None)
 
 
 _STAGE_COLS = ["shape", "kernels", "eager fwd ms", "fused fwd ms", "fwd speed-up", "bound fwd ms", "fused/bound",
