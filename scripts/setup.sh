@@ -8,11 +8,17 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# A pip config may list file:// index directories that hold only some packages; pip then warns
+# "Location 'file:///...' is ignored" for every other package it looks up. Only those lines are
+# dropped: other warnings and errors still show, and pip's exit status is kept.
+pip_install() {
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location 'file://.*' is ignored" >&2)
+}
 stamp=".venv/.cbam-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q "torch==2.13.0" 
-  .venv/bin/python -m pip install -q -e ".[$EXTRAS]" "torch==2.13.0"
+  pip_install "torch==2.13.0"
+  pip_install -e ".[$EXTRAS]" "torch==2.13.0"
   touch "$stamp"
 fi
 # Fashion-MNIST, the default data, from Debian's package when we can install it.
