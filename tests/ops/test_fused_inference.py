@@ -56,8 +56,15 @@ def test_per_sample_equals_three_passes(preset, train, dtype, need_idx, group, m
             assert _rel(u, v) <= LIM[dtype], (name, _rel(u, v))
 
 
-def test_mlp_group_only_for_wide_layers():
+def _inject_llc(monkeypatch, per_thread: int) -> int:
+    """Sets the last-level cache the heuristics see (not the host's: its size varies by CPU)."""
     threads = torch.get_num_threads()
+    monkeypatch.setenv("CBAM_LLC_BYTES", str(per_thread * threads))
+    return threads
+
+
+def test_mlp_group_only_for_wide_layers(monkeypatch):
+    threads = _inject_llc(monkeypatch, 16 << 20)
     wide, narrow = torch.empty(128, 2048), torch.empty(16, 256)
     g = FU._mlp_group(torch.empty(16 * threads, 2048, 7, 7), wide)
     assert 8 <= g <= 16 and 16 % g == 0  # equal groups of a thread's 16 samples
@@ -65,11 +72,16 @@ def test_mlp_group_only_for_wide_layers():
     assert FU._mlp_group(torch.empty(2 * threads, 2048, 7, 7), wide) == 1  # too few samples for BLAS
 
 
-def test_per_sample_chosen_when_it_pays():
+def test_per_sample_chosen_when_it_pays(monkeypatch):
     K = _cpp()
-    threads = torch.get_num_threads()
+    threads = _inject_llc(monkeypatch, 16 << 20)  # each thread's sample must fit half its share: 8 MiB
     assert FU._per_sample(K, torch.empty(4 * threads, 64, 28, 28))
+    assert FU._per_sample(K, torch.empty(4 * threads, 2, 1024, 1024))  # 8 MiB
+    assert not FU._per_sample(K, torch.empty(4 * threads, 2, 1024, 1025))
     assert not FU._per_sample(K, torch.empty(threads * 4, 2048, 112, 112))  # a sample larger than the cache
+    _inject_llc(monkeypatch, 240 << 20)  # a CPU with that much cache per thread would keep it
+    assert FU._per_sample(K, torch.empty(threads * 4, 2048, 112, 112))
+    _inject_llc(monkeypatch, 16 << 20)
     assert not FU._per_sample(FU.TK, torch.empty(4 * threads, 64, 28, 28))  # only the C++ kernels have it
     if threads > 1:
         assert not FU._per_sample(K, torch.empty(1, 64, 28, 28))  # one sample would leave threads idle

@@ -18,36 +18,23 @@ Both directions are ``torch.library`` custom ops (``cbam::fused_cbam_fwd`` /
 ``torch.export`` see one op. Kernels: C++ (contiguous CPU), Triton (CUDA), and
 torch ops for everything else (channels_last on CPU, or when no compiler).
 """
-import os
 from types import ModuleType
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import _cpu
+from . import _cpu, _cpuinfo
 from . import _torch_kernels as TK
 from ._small import mlp_backward, mlp_forward, spatial_backward, spatial_forward
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _llc_bytes() -> int:
-    """Size of the last-level cache from sysfs (Linux); 8 MiB where it cannot be read."""
-    best = (0, 8 << 20)
-    root = "/sys/devices/system/cpu/cpu0/cache"
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    for d in os.listdir(root) if os.path.isdir(root) else []:
-        try:
-            with open(os.path.join(root, d, "level")) as f, open(os.path.join(root, d, "size")) as g:
-                level, size = int(f.read()), g.read().strip()
-            best = max(best, (level, int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)))
-        except (OSError, ValueError, KeyError):
-            continue
-    return best[1]
-
-
-_LLC_BYTES = _llc_bytes()  # last-level cache: decides whether a sample stays cached between passes
+def _llc_bytes(threads: int) -> int:
+    """The last-level cache that ``threads`` threads can count on (their share of it, see
+    :func:`._cpuinfo.llc_bytes`): decides whether a sample stays cached between passes."""
+    return _cpuinfo.llc_bytes(threads)
 
 
 def _triton():
@@ -89,7 +76,8 @@ def _per_sample(K: ModuleType, x: Tensor) -> bool:
         return False
     n, threads = x.shape[0], torch.get_num_threads()
     sample_bytes = x[0].numel() * x.element_size()
-    return (n % threads == 0 or n >= 4 * threads) and n >= threads and sample_bytes * threads <= _LLC_BYTES // 2
+    return (n % threads == 0 or n >= 4 * threads) and n >= threads and \
+        sample_bytes * threads <= _llc_bytes(threads) // 2
 
 
 def _forward_body(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
@@ -145,7 +133,7 @@ def _mlp_group(x: Tensor, w1: Tensor) -> int:
     the last-level cache across threads) wait in cache for the rest of the forward."""
     n, threads = x.shape[0], torch.get_num_threads()
     share = -(-n // threads)
-    fit = max(1, _LLC_BYTES // (2 * threads) // max(1, x[0].numel() * x.element_size()))
+    fit = max(1, _llc_bytes(threads) // (2 * threads) // max(1, x[0].numel() * x.element_size()))
     g = -(-share // -(-share // fit))  # equal groups of at most `fit`
     return g if g >= 8 and w1.numel() >= 1 << 17 else 1
 

@@ -1,0 +1,90 @@
+"""The cache share and CPU flags the C++ kernels are tuned and built for, read from fake sysfs and
+procfs trees: the results must not depend on the machine the tests run on."""
+import os
+
+import pytest
+
+from cbam.ops import _cpuinfo as CI
+
+MiB = 1 << 20
+
+
+def _sysfs(root, caches, cpu=0):
+    """A fake /sys/devices/system/cpu with cpu<cpu>/cache/index<i>/{level,type,size,shared_cpu_list}."""
+    for i, (level, kind, size, shared) in enumerate(caches):
+        d = root / f"cpu{cpu}" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            if value is not None:
+                (d / name).write_text(f"{value}\n")
+    return str(root)
+
+
+def _private(l2="1024K"):
+    return [(1, "Data", "32K", "0"), (1, "Instruction", "32K", "0"), (2, "Unified", l2, "0")]
+
+
+@pytest.fixture(autouse=True)
+def _no_override(monkeypatch):
+    monkeypatch.delenv("CBAM_LLC_BYTES", raising=False)
+
+
+def test_amd_like_l3_shared_by_both_cpus(tmp_path):
+    root = _sysfs(tmp_path, _private() + [(3, "Unified", "32768K", "0-1")])
+    assert CI.last_level_cache(root) == CI.Cache(3, 32 * MiB, 2)
+    assert CI.llc_bytes(1, root) == 16 * MiB  # one thread: its CPU's half
+    assert CI.llc_bytes(2, root) == 32 * MiB
+    assert CI.llc_bytes(8, root) == 32 * MiB  # never more than the whole cache
+
+
+def test_intel_like_socket_cache_is_shared_per_cpu(tmp_path):
+    """A 480 MiB L3 shared by 96 CPUs: two threads get 10 MiB of it, not the socket's 480."""
+    root = _sysfs(tmp_path, _private("2048K") + [(3, "Unified", "491520K", "0-47,96-143")])
+    assert CI.last_level_cache(root).sharers == 96
+    assert CI.llc_bytes(2, root) == 10 * MiB
+    assert CI.llc_bytes(96, root) == 480 * MiB
+
+
+def test_vm_listing_only_its_own_cpus_is_capped_per_cpu(tmp_path):
+    root = _sysfs(tmp_path, _private() + [(3, "Unified", "480M", "0-1")])
+    assert CI.llc_bytes(2, root) == 2 * CI.MAX_LLC_PER_CPU < 480 * MiB
+
+
+def test_missing_or_partial_sysfs(tmp_path):
+    assert CI.llc_bytes(2, str(tmp_path / "nothing")) == CI.DEFAULT_LLC_BYTES
+    # no shared_cpu_list (old kernels): the cache counts as the CPU's own; unreadable sizes are skipped
+    root = _sysfs(tmp_path / "old", _private() + [(3, "Unified", "8M", None), (4, "Unified", "lots", "0")])
+    assert CI.last_level_cache(root) == CI.Cache(3, 8 * MiB, 1)
+    assert CI.llc_bytes(4, root) == 8 * MiB
+
+
+def test_env_overrides_the_host(tmp_path, monkeypatch):
+    root = _sysfs(tmp_path, _private() + [(3, "Unified", "32M", "0-1")])
+    monkeypatch.setenv("CBAM_LLC_BYTES", str(3 * MiB))
+    assert CI.llc_bytes(1, root) == CI.llc_bytes(64, root) == 3 * MiB
+
+
+@pytest.mark.parametrize("text, n", [("0", 1), ("0-1", 2), ("0-3,8,10-11", 7), ("0-47,96-143\n", 96)])
+def test_cpu_list(text, n):
+    assert CI.parse_cpu_list(text) == n
+
+
+@pytest.mark.parametrize("text, n", [("32K", 32 << 10), ("1M", MiB), ("2G", 2 << 30), ("4096", 4096)])
+def test_size(text, n):
+    assert CI.parse_size(text) == n
+
+
+def test_cpu_flags_from_x86_and_arm_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: sse2 avx2 fma avx2\n\nprocessor\t: 1\n"
+                   "flags\t\t: sse2\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n")
+    assert CI.cpu_flags(str(x86)) == "avx2 fma sse2"  # the first CPU's, sorted, once each
+    assert CI.cpu_flags(str(arm)) == "asimd fp sve"
+    assert CI.cpu_flags(str(tmp_path / "none")) == os.uname().machine
+
+
+def test_host_values_are_sane():
+    assert CI.llc_bytes(1) >= 1 << 16
+    assert CI.cpu_flags()
