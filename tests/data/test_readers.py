@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cbam.data import load_dataset, read_cifar_batch, read_idx, read_image_folder, write_idx
-from cbam.data import datasets as ds
+from cbam.data import builtin as ds
 
 
 @pytest.mark.parametrize("ext", ["", ".gz"])
@@ -66,13 +66,13 @@ def test_missing_files_say_what_is_expected(tmp_path):
 
 def test_builtin_subset_fallback(monkeypatch):
     monkeypatch.setattr(ds, "FASHION_MNIST_DIR", "/nonexistent/fashion-mnist")
-    tr = ds.load_dataset("fashion-mnist", "train")
-    te = ds.load_dataset("fashion-mnist", "test")
+    tr = load_dataset("fashion-mnist", "train")
+    te = load_dataset("fashion-mnist", "test")
     assert len(tr) == 3000 and len(te) == 1000 and "built-in subset" in tr.source
     assert tr.images.shape[1:] == (1, 28, 28) and set(tr.labels.tolist()) == set(range(10))
     assert os.path.exists(os.path.join(os.path.dirname(ds.SUBSET_FILE), "FASHION_MNIST_LICENSE.txt"))
     if os.path.isdir("/usr/share/datasets/fashion-mnist"):  # the subset is the head of the real data
-        full = ds.load_dataset("fashion-mnist", "train", "/usr/share/datasets/fashion-mnist")
+        full = load_dataset("fashion-mnist", "train", "/usr/share/datasets/fashion-mnist")
         assert torch.equal(full.images[:3000], tr.images)
 
 

@@ -1,33 +1,31 @@
-"""Datasets held in memory as uint8 tensors, and the built-in default data.
+"""Datasets held in memory as uint8 tensors, and the name -> loader registry.
 
-Names: ``fashion-mnist`` (default), ``mnist``, ``cifar10``, ``cifar100``, ``digits``
-(scikit-learn's 8x8 digits) and ``folder`` (an image tree). Fashion-MNIST comes
-from Debian's ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist);
-when that is missing, a 4,000-image subset shipped in this package (MIT licence,
-``assets/``) is used, and :attr:`Dataset.source` says so.
+A loader is ``loader(split, root, image_size) -> Split`` (raw uint8 images, int64
+labels, class names, a source description). It is registered with the
+normalisation constants of its data, or without them: then they are computed
+from the training split, so train and test are normalised alike. The built-in
+loaders are in :mod:`cbam.data.builtin` and :mod:`cbam.data.folder`; another is
+one call away::
+
+    register_dataset("my-data", my_loader, mean=(0.5,), std=(0.25,))
 """
-import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .cifar import read_cifar_batch
-from .folder import read_image_folder
-from .idx import read_idx
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
-SUBSET_FILE = os.path.join(os.path.dirname(__file__), "assets", "fashion_mnist_subset.npz")
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "folder")
+SPLITS = ("train", "test")
 
 
 @dataclass
 class Dataset:
-    """Images ``uint8 (N, C, H, W)``, labels ``int64 (N,)`` and metadata."""
+    """Images ``uint8 (N, C, H, W)``, labels ``int64 (N,)`` and metadata.
+
+    Labels are checked against ``classes`` here, once for every loader: a label
+    out of range would otherwise surface as an ``IndexError`` deep inside the loss.
+    """
 
     images: Tensor
     labels: Tensor
@@ -36,6 +34,18 @@ class Dataset:
     source: str
     mean: Tuple[float, ...] = field(default=(0.5,))
     std: Tuple[float, ...] = field(default=(0.5,))
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or len(self.images) != len(self.labels):
+            raise ValueError(f"{self.source}: expected images (N, C, H, W) and N labels, got "
+                             f"{tuple(self.images.shape)} and {len(self.labels)} labels")
+        if len(self.labels):
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= len(self.classes):
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{self.source}: label {bad} is out of range for {len(self.classes)} classes "
+                                 f"(0..{len(self.classes) - 1}); the label file is corrupt or belongs to another "
+                                 "dataset")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,86 +71,84 @@ class Dataset:
                        self.mean, self.std)
 
 
-def _stats(images: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+class Split(NamedTuple):
+    """What a loader returns for one split."""
+
+    images: np.ndarray      # uint8 (N, C, H, W)
+    labels: np.ndarray      # integer (N,)
+    classes: Sequence[str]
+    source: str
+
+
+Loader = Callable[[str, Optional[str], int], Split]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    loader: Loader
+    mean: Optional[Tuple[float, ...]]   # None: computed from the training split
+    std: Optional[Tuple[float, ...]]
+
+
+_REGISTRY: Dict[str, DatasetSpec] = {}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def register_dataset(name: str, loader: Loader, mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None, aliases: Sequence[str] = ()) -> None:
+    """Make ``load_dataset(name, ...)`` call ``loader(split, root, image_size)``.
+
+    ``mean``/``std`` are per-channel constants on the 0..1 scale; leave both out to
+    compute them from the training split.
+    """
+    if (mean is None) != (std is None):
+        raise ValueError(f"dataset '{name}': give both mean and std, or neither")
+    spec = DatasetSpec(_key(name), loader, tuple(mean) if mean is not None else None,
+                       tuple(std) if std is not None else None)
+    for n in (name, *aliases):
+        if _key(n) in _REGISTRY:
+            raise ValueError(f"dataset '{n}' is already registered")
+        _REGISTRY[_key(n)] = spec
+
+
+def list_datasets() -> List[str]:
+    """Registered names in registration order (aliases left out)."""
+    return list(dict.fromkeys(s.name for s in _REGISTRY.values()))
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    spec = _REGISTRY.get(_key(name))
+    if spec is None:
+        raise ValueError(f"unknown dataset '{name}'; valid: {', '.join(list_datasets())}")
+    return spec
+
+
+def image_stats(images: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the 0..1 scale (std floored: constant images)."""
     x = images.astype(np.float64) / 255
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(np.maximum(x.std((0, 2, 3)), 1e-3).tolist())
 
 
-def _idx_pair(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
-    found = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        cands = [os.path.join(root, f"{prefix}-{kind}{ext}") for ext in (".gz", "")]
-        hit = next((c for c in cands if os.path.exists(c)), None)
-        if hit is None:
-            raise FileNotFoundError(
-                f"missing {prefix}-{kind}[.gz] in {root}; expected the four IDX files "
-                "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-                "t10k-labels-idx1-ubyte.gz (Fashion-MNIST: `apt-get install dataset-fashion-mnist`)")
-        found.append(read_idx(hit))
-    images, labels = found
-    if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} do not match")
-    return images[:, None], labels.astype(np.int64)
-
-
 def load_dataset(name: str = "fashion-mnist", split: str = "train", root: Optional[str] = None,
                  image_size: int = 32) -> Dataset:
-    """Load ``split`` (``train`` or ``test``) of dataset ``name`` into memory."""
-    if split not in ("train", "test"):
+    """Load ``split`` (``train`` or ``test``) of the registered dataset ``name`` into memory.
+
+    ``image_size`` is used by loaders that resize (image folders); the others keep
+    their native size.
+    """
+    if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
-    key = name.lower().replace("_", "-")
-    if key in ("fashion-mnist", "fmnist", "mnist"):
-        default = FASHION_MNIST_DIR if key != "mnist" else None
-        root = root or default
-        if root is None:
-            raise ValueError("mnist needs --data-root pointing at the IDX files")
-        classes = FASHION_CLASSES if key != "mnist" else [str(i) for i in range(10)]
-        if os.path.isdir(root):
-            images, labels = _idx_pair(root, split)
-            source = f"{root} (IDX)"
-        elif key != "mnist" and root == FASHION_MNIST_DIR and os.path.exists(SUBSET_FILE):
-            with np.load(SUBSET_FILE) as z:
-                images, labels = z[f"{split}_images"][:, None], z[f"{split}_labels"].astype(np.int64)
-            source = f"built-in subset ({len(labels)} images; {FASHION_MNIST_DIR} not found)"
-        else:
-            raise FileNotFoundError(f"data folder not found: {root} (expected the four IDX files; for "
-                                    "Fashion-MNIST run `apt-get install dataset-fashion-mnist`)")
-        return Dataset(torch.from_numpy(images.copy()), torch.from_numpy(labels), classes, key, source,
-                       (0.2860,), (0.3530,)) if key != "mnist" else \
-            Dataset(torch.from_numpy(images.copy()), torch.from_numpy(labels), classes, key, source,
-                    (0.1307,), (0.3081,))
-    if key in ("cifar10", "cifar100"):
-        if root is None:
-            raise ValueError(f"{key} needs --data-root (the extracted cifar-*-python folder)")
-        if key == "cifar10":
-            files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        else:
-            files = ["train" if split == "train" else "test"]
-        parts = [read_cifar_batch(os.path.join(root, f)) for f in files]
-        images = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        n_cls = 10 if key == "cifar10" else 100
-        mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if key == "cifar10" else \
-            ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-        return Dataset(torch.from_numpy(images), torch.from_numpy(labels), [str(i) for i in range(n_cls)], key,
-                       root, mean, std)
-    if key == "digits":
-        from sklearn.datasets import load_digits
-        d = load_digits()
-        images = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
-        labels = d.target.astype(np.int64)
-        perm = np.random.default_rng(0).permutation(len(labels))
-        cut = int(0.8 * len(labels))  # fixed 80/20 split
-        sel = perm[:cut] if split == "train" else perm[cut:]
-        mean, std = _stats(images[perm[:cut]])
-        return Dataset(torch.from_numpy(images[sel]), torch.from_numpy(labels[sel]), [str(i) for i in range(10)],
-                       key, "scikit-learn load_digits (8x8)", mean, std)
-    if key == "folder":
-        if root is None:
-            raise ValueError("folder needs --data-root (root/<class>/<images>; optional train/ and test/ splits)")
-        sub = os.path.join(root, split)
-        images, labels, classes = read_image_folder(sub if os.path.isdir(sub) else root, image_size)
-        mean, std = _stats(images)
-        return Dataset(torch.from_numpy(images), torch.from_numpy(labels), classes, key, root, mean, std)
-    raise ValueError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
+    spec = dataset_spec(name)
+    s = spec.loader(split, root, image_size)
+    if spec.mean is not None:
+        mean, std = spec.mean, spec.std
+    else:
+        mean, std = image_stats((s if split == "train" else spec.loader("train", root, image_size)).images)
+    # np.require copies read-only buffers (IDX files are read with frombuffer): tensors must own writable memory
+    images = torch.from_numpy(np.require(s.images, np.uint8, ["C", "W"]))
+    labels = torch.from_numpy(np.require(s.labels, np.int64, ["C", "W"]))
+    return Dataset(images, labels, list(s.classes), spec.name, s.source, mean, std)
