@@ -1,6 +1,6 @@
 """Data: readers (IDX, CIFAR batches, image folders, scikit-learn digits), a name -> loader registry,
 batched transforms, loader."""
-from . import builtin  # noqa: F401  (registers the built-in datasets)
+from . import builtin, cluttered  # noqa: F401  (register the built-in datasets, then the cluttered ones)
 from .cifar import read_cifar_batch
 from .datasets import Dataset, Split, dataset_spec, list_datasets, load_dataset, register_dataset
 from .folder import read_image_folder
