@@ -143,27 +143,12 @@ def cmd_viz(a: argparse.Namespace) -> int:
     return 0
 
 
-ABLATE_RECIPE = dict(model="resnet20", data="fashion-mnist", epochs=3, batch_size=128, lr=0.1, warmup_epochs=0.3,
-                     train_subset=6000, test_subset=2000, progress=False)
-
-
 def cmd_ablate(a: argparse.Namespace) -> int:
-    from .train.ablate import run_ablation
-    from .train import distributed as D
-    base = {**TrainConfig().to_dict(), **ABLATE_RECIPE}
-    if a.config:
-        base.update(TrainConfig.from_file(a.config).to_dict())
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(a, f.name, None)
-        if v is not None:
-            base[f.name] = v
-    if a.smoke:
-        base.update(epochs=1, train_subset=256, test_subset=128, batch_size=64)
-    root = a.out or "runs/ablate"
-    path = run_ablation(TrainConfig.from_dict(base), "smoke" if a.smoke else a.suite, a.seeds, root)
-    D.cleanup()
+    from .train.ablate import ablate
+    flags = {f.name: getattr(a, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name != "out"}
+    path = ablate("smoke" if a.smoke else a.suite, a.seeds, a.out, a.config, flags, a.shard, a.summary_only)
     if path:
-        print(f"\nwritten: {path}, summary.csv, summary.png")
+        print(f"\nwritten: {path}, summary.csv, summary.json, summary.png")
     return 0
 
 
@@ -254,9 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="runs/viz")
     v.set_defaults(fn=cmd_viz)
     ab = sub.add_parser("ablate", help="the paper's comparisons and ablations, several seeds, resumable")
-    ab.add_argument("--suite", default="paper", choices=["paper", "smoke"])
+    ab.add_argument("--suite", default="paper", help="paper (default), smoke, converged, converged-paper, cluttered "
+                                                     "(variants and recipe: src/cbam/train/ablate.py)")
     ab.add_argument("--seeds", type=int, default=3)
     ab.add_argument("--smoke", action="store_true", help="two variants, tiny subset: proves the machinery only")
+    ab.add_argument("--shard", help="K/N: train only entries K, K+N, ... of the grid (0 <= K < N), for N machines "
+                                    "sharing --out; 'auto' reads a SLURM array or torchrun's RANK/WORLD_SIZE")
+    ab.add_argument("--summary-only", action="store_true", help="train nothing: merge the runs in --out into the "
+                                                                "summary (after all shards finished)")
     ab.add_argument("--config", help="recipe file (TrainConfig fields)")
     _add_config_flags(ab)
     ab.set_defaults(fn=cmd_ablate)
