@@ -1,9 +1,12 @@
 """The cache share and CPU flags the C++ kernels are tuned and built for, read from fake sysfs and
 procfs trees: the results must not depend on the machine the tests run on."""
 import os
+import types
 
 import pytest
+import torch.utils.cpp_extension
 
+from cbam.ops import _cpu
 from cbam.ops import _cpuinfo as CI
 
 MiB = 1 << 20
@@ -88,3 +91,29 @@ def test_cpu_flags_from_x86_and_arm_cpuinfo(tmp_path):
 def test_host_values_are_sane():
     assert CI.llc_bytes(1) >= 1 << 16
     assert CI.cpu_flags()
+
+
+def test_build_is_keyed_by_cpu_flags():
+    """-march=native code from an AVX-512 machine must not be loaded on one without it."""
+    a = _cpu.build_name("sse2 avx2 avx512f")
+    assert a == _cpu.build_name("avx512f sse2  avx2 avx2")  # the same set of flags
+    assert a != _cpu.build_name("sse2 avx2")
+    assert a.isidentifier() and a.startswith("cbam_cpu_kernels_")
+    assert _cpu.build_name() == _cpu.build_name(CI.cpu_flags())
+
+
+def test_load_builds_under_the_keyed_name(monkeypatch):
+    seen = {}
+
+    def fake_load(name, sources, **kwargs):
+        seen.update(name=name, sources=sources)
+        return types.SimpleNamespace(set_cache_limit=lambda n: None)
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    monkeypatch.setattr(CI, "cpu_flags", lambda path=CI.PROC_CPUINFO: "fp asimd sve")
+    monkeypatch.setattr(_cpu, "_mod", None)
+    monkeypatch.setattr(_cpu, "_failed", None)
+    monkeypatch.delenv("CBAM_DISABLE_CPP", raising=False)
+    assert _cpu.load() is not None
+    assert seen["name"] == _cpu.build_name("asimd fp sve")
+    assert seen["sources"] and all(os.path.isfile(f) for f in seen["sources"])

@@ -1,14 +1,40 @@
 """The C++ kernels, compiled on first use with the local gcc and cached by torch."""
+import hashlib
 import logging
 import os
 import threading
 from types import ModuleType
-from typing import Optional
+from typing import List, Optional
+
+from . import _cpuinfo
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _mod: Optional[ModuleType] = None
 _failed: Optional[str] = None
+
+SOURCES = ("cbam_cpu.cpp", "cbam_sample.cpp", "mlp_cpu.cpp", "out_cache.cpp")
+# -march=native: the build is keyed by the CPU's flags (build_name), so it only runs on CPUs of the
+# type it was compiled on. The relaxed-associativity flags let gcc vectorise the float reductions.
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
+          "-fno-trapping-math"]
+
+
+def build_name(cpu_flags: Optional[str] = None) -> str:
+    """The extension's name, which names its build directory in torch's extension cache: keyed by the
+    CPU's ISA flags (``cpu_flags``; the host's from /proc/cpuinfo by default) and the compile flags.
+    A cache in a home directory shared by machines of different CPU types would otherwise hand an
+    AVX-512 binary to a CPU without it. Source edits need no key: ninja rebuilds what changed."""
+    flags = " ".join(sorted(set((_cpuinfo.cpu_flags() if cpu_flags is None else cpu_flags).split())))
+    key = hashlib.sha256(f"{flags}\n{' '.join(CFLAGS)}".encode()).hexdigest()[:16]
+    return f"cbam_cpu_kernels_{key}"
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load as _load
+    d = os.path.join(os.path.dirname(__file__), "csrc")
+    src: List[str] = [os.path.join(d, f) for f in SOURCES]
+    return _load(build_name(), src, extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def load() -> Optional[ModuleType]:
@@ -22,15 +48,7 @@ def load() -> Optional[ModuleType]:
     with _lock:
         if _mod is None and _failed is None:
             try:
-                from torch.utils.cpp_extension import load as _load
-                d = os.path.join(os.path.dirname(__file__), "csrc")
-                src = [os.path.join(d, f) for f in ("cbam_cpu.cpp", "cbam_sample.cpp", "mlp_cpu.cpp", "out_cache.cpp")]
-                # -march=native is safe: the extension is compiled on the machine that runs it.
-                # The relaxed-associativity flags let gcc vectorise the float reductions.
-                flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math",
-                         "-fno-signed-zeros", "-fno-trapping-math"]
-                _mod = _load("cbam_cpu_kernels", src, extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                             verbose=False)
+                _mod = _build()
                 if os.environ.get("CBAM_OUTPUT_CACHE_MB"):
                     _mod.set_cache_limit(int(float(os.environ["CBAM_OUTPUT_CACHE_MB"]) * (1 << 20)))
             except Exception as e:  # no compiler, no headers, ...: fall back to torch kernels
@@ -44,8 +62,9 @@ def error() -> Optional[str]:
 
 
 # The cache of the fused op's full-size outputs (csrc/out_cache.cpp): like CUDA's caching allocator,
-# freed outputs (y, dx, the MLP backward's buffers) of >= 256 KiB are kept, up to a byte limit (1 GiB; CBAM_OUTPUT_CACHE_MB sets
-# it, 0 turns the cache off), and the next output of the same size reuses one without page faults.
+# freed outputs (y, dx, the MLP backward's buffers) of >= 256 KiB are kept, up to a byte limit (1 GiB;
+# CBAM_OUTPUT_CACHE_MB sets it, 0 turns the cache off), and the next output of the same size reuses
+# one without page faults. Past the limit, the least recently freed blocks are dropped first.
 
 def empty_output_cache() -> int:
     """Frees the fused op's cached output buffers; returns the bytes released (0 without C++ kernels)."""
