@@ -100,7 +100,67 @@ def test_mlp_weight_gradients_and_temporaries_are_reused(cache):
     fus.zero_grad(set_to_none=True)
     x.grad = None
     fus(x).square().sum().backward()
-    assert {n: p.grad.data_ptr() for n, p in fus.named_parameters() if n in ptrs} == ptrs
+    # the same two blocks (which gradient gets which is up to the cache: both are 1 MiB)
+    assert {p.grad.data_ptr() for n, p in fus.named_parameters() if n in ptrs} == set(ptrs.values())
     ref(x.detach().requires_grad_()).square().sum().backward()
     for (n, p), (_, q) in zip(fus.named_parameters(), ref.named_parameters()):  # float32 sums over 2048 terms:
         assert ((p.grad - q.grad).norm() / q.grad.norm()).item() < 1e-4, n  # compared in norm
+
+
+MiB = 1 << 20
+A, C, B = (4, 64, 32, 32), (4, 64, 32, 40), (4, 64, 32, 48)  # outputs of 1, 1.25 and 1.5 MiB
+
+
+def _outputs(fus, shape, keep=1):
+    """Runs ``keep`` forwards of ``shape`` with all outputs alive, then frees them (into the cache);
+    returns their data pointers."""
+    with torch.no_grad():
+        ys = [fus(torch.randn(shape)) for _ in range(keep)]
+    ptrs = [y.data_ptr() for y in ys]
+    del ys
+    return ptrs
+
+
+def test_changing_shapes_evict_the_old_size(cache):
+    """A full cache makes room for the size in use now instead of dropping it on every call."""
+    _, fus = _pair()
+    ops.set_output_cache_limit(2 * MiB)
+    _outputs(fus, A, keep=2)
+    assert ops.output_cache_bytes() == 2 * MiB
+    ptrs = [p for _ in range(3) for p in _outputs(fus, B)]
+    assert ops.output_cache_bytes() == 1.5 * MiB  # both 1 MiB blocks evicted for the 1.5 MiB one
+    assert ptrs[1] == ptrs[2] == ptrs[0]
+    with torch.no_grad():
+        y = fus(torch.randn(A))
+    assert ops.output_cache_bytes() == 1.5 * MiB  # no 1 MiB block left to reuse
+    del y
+
+
+def test_least_recently_freed_block_is_evicted_first(cache):
+    _, fus = _pair()
+    ops.set_output_cache_limit(3 * MiB)
+    _outputs(fus, A)
+    (pc,) = _outputs(fus, C)
+    _outputs(fus, B)  # 1 + 1.25 + 1.5 MiB > 3 MiB: the oldest (A) goes
+    assert ops.output_cache_bytes() == 2.75 * MiB
+    with torch.no_grad():
+        y = fus(torch.randn(C))
+        assert y.data_ptr() == pc and ops.output_cache_bytes() == 1.5 * MiB
+        z = fus(torch.randn(A))
+        assert ops.output_cache_bytes() == 1.5 * MiB
+    del y, z
+    assert ops.output_cache_bytes() == 2.25 * MiB  # C back, then A: B, the least recent, evicted
+
+
+def test_lower_limit_keeps_the_recent_blocks(cache):
+    _, fus = _pair()
+    _outputs(fus, A)
+    _outputs(fus, C)
+    ops.set_output_cache_limit(int(1.5 * MiB))
+    assert ops.output_cache_bytes() == 1.25 * MiB  # A evicted, C kept
+    _outputs(fus, B)  # 1.5 MiB, whole limit: evicts C
+    assert ops.output_cache_bytes() == 1.5 * MiB
+    ops.set_output_cache_limit(MiB)
+    _outputs(fus, A)
+    _outputs(fus, B)  # larger than the limit: freed, and A stays
+    assert ops.output_cache_bytes() == MiB
