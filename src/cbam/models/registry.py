@@ -19,9 +19,13 @@ def parse_model_name(name: str) -> Tuple[str, Optional[str]]:
                      f"followed by _<attention> ({', '.join(list_attention())}), e.g. resnet50_cbam, resnet20_se")
 
 
-def create_model(name: str, **kwargs: Any) -> ResNet:
+def create_model(name: str, pretrained: Optional[str] = None, **kwargs: Any) -> ResNet:
     """Build a model by name; an attention suffix sets ``attention=`` (an explicit
-    ``attention=`` keyword wins)."""
+    ``attention=`` keyword wins). ``pretrained="fashion-mnist"`` loads shipped weights
+    (offline, sha256-checked; :mod:`cbam.models.pretrained`)."""
+    if pretrained is not None:
+        from .pretrained import create_pretrained
+        return create_pretrained(name, pretrained, **kwargs)
     arch, att = parse_model_name(name)
     if att is not None:
         kwargs.setdefault("attention", att)
