@@ -71,3 +71,30 @@ def test_publish_refuses_below_min_acc_and_unstated_licence(run_dir, shelf):
         pretrained.publish(run_dir, "x")
     assert pretrained.main([run_dir, "--tag", "cli", "--licence", "CC0", "--dest", str(shelf)]) == 0
     assert os.path.exists(shelf / "resnet20_cbam-cli.json")
+
+
+def test_fashion_card_records_the_builtin_subset_figure(tmp_path, shelf):
+    import numpy as np
+    from cbam.data import write_idx
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 64), ("t10k", 32)):  # a tiny IDX stand-in for the full data
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    out = str(tmp_path / "run")
+    train(TrainConfig(model="resnet20", data="fashion-mnist", data_root=str(tmp_path), epochs=1, batch_size=32,
+                      max_steps_per_epoch=1, out=out, tensorboard=False, progress=False, threads=1))
+    _, c = pretrained.publish(out, "fm-test")
+    card = json.load(open(c))
+    assert card["model"] == "resnet20" and card["licence"].startswith("weights: MIT") and card["eval"]["images"] == 32
+    model = create_model("resnet20", pretrained="fm-test")
+    assert pretrained.builtin_subset_top1(model) == pytest.approx(card["builtin_subset_top1"], abs=0.006)
+
+
+@pytest.mark.parametrize("name,tag", pretrained.available() or [pytest.param("-", "-", marks=pytest.mark.skip(
+    reason="no pretrained weights shipped in this version"))])
+def test_shipped_weights_match_their_cards(name, tag):
+    model = create_model(name, pretrained=tag)  # also verifies the sha256
+    card = model.pretrained_card
+    assert card["test_top1"] >= 92.0
+    assert pretrained.builtin_subset_top1(model, card["data"]["image_size"]) == pytest.approx(
+        card["builtin_subset_top1"], abs=0.006)

@@ -132,6 +132,21 @@ def _evaluate_run(run: str):
     return cfg, info, model, data, evaluate(model, data, image_size=cfg.image_size)
 
 
+def builtin_subset_top1(model: nn.Module, image_size: Optional[int] = None) -> float:
+    """Top-1 (%) on the 1,000 Fashion-MNIST test images shipped in the package: a check of shipped
+    weights against their card that needs neither the full data set nor a network."""
+    import numpy as np
+    from ..data import Dataset, dataset_spec
+    from ..data.builtin import FASHION_CLASSES, SUBSET_FILE
+    from ..train import evaluate
+    with np.load(SUBSET_FILE) as z:
+        images, labels = z["test_images"][:, None], z["test_labels"].astype(np.int64)
+    spec = dataset_spec("fashion-mnist")
+    data = Dataset(torch.from_numpy(images.copy()), torch.from_numpy(labels), FASHION_CLASSES, "fashion-mnist",
+                   "built-in subset", spec.mean, spec.std)
+    return 100 * evaluate(model, data, image_size=image_size)["test_acc"]
+
+
 def publish(run: str, tag: str, name: Optional[str] = None, dest: Optional[str] = None,
             min_acc: Optional[float] = None, licence: Optional[str] = None) -> Tuple[str, str]:
     """Turn a finished run folder into ``<dest>/<name>-<tag>.safetensors`` + ``.json``; returns both paths."""
@@ -163,6 +178,8 @@ def publish(run: str, tag: str, name: Optional[str] = None, dest: Optional[str] 
                  "std": list(data.std), "image_size": cfg.image_size or data.image_size},
         "licence": licence, "torch": torch.__version__, "published": time.strftime("%Y-%m-%d"),
     }
+    if cfg.data in ("fashion-mnist", "fmnist"):
+        card["builtin_subset_top1"] = round(builtin_subset_top1(model, cfg.image_size), 2)
     write_json(base + ".json", card)
     return base + ".safetensors", base + ".json"
 
