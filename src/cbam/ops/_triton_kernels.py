@@ -2,7 +2,8 @@
 
 Same six functions and semantics as csrc/cbam_cpu.cpp and _torch_kernels.py;
 accumulation in float32, first-occurrence argmax. With ``TRITON_INTERPRET=1``
-they also run on CPU tensors (that is how CI checks them without a GPU).
+they also run on CPU tensors: CI checks them that way against the torch kernels
+(tests/ops/test_triton_interp.py).
 """
 from typing import Tuple
 
