@@ -198,8 +198,7 @@ def write_result(cfg: TrainConfig, v: Variant, s: int, history: List[Dict], data
     model = build_model(cfg, train_set.num_classes, train_set.in_chans)
     res = {"variant": v.name, "seed_index": s, "seed": cfg.seed, "epochs": len(history),
            "top1": 100 * history[-1]["test_acc"], "best_top1": 100 * max(h["test_acc"] for h in history),
-           "test_loss": history[-1]["test_loss"],
-           "params": sum(p.numel() for p in model.parameters()),
+           "test_loss": history[-1]["test_loss"], "params": sum(p.numel() for p in model.parameters()),
            "macs": macs_of(cfg, train_set.in_chans, size, train_set.num_classes),
            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
            "train_s": sum(h["epoch_time_s"] for h in history), "device": _device_name(),
@@ -345,7 +344,8 @@ def _markdown(g: Dict[str, Any], rows: List[Dict], claims: List[Dict], missing: 
         se = f" +- {c['se']:.2f}" if c["n"] > 1 else ""
         more = f"; {c['seeds_to_detect_mean']} seeds would detect {abs(c['mean']):.2f} pt" \
             if c["seeds_to_detect_mean"] else ""
-        md.append(f"| {c['claim']} | {c['paper']} | {c['mean']:+.2f}{se} | {ci} | {c['mde']:.2f} | {c['verdict']}{more} |")
+        md.append(f"| {c['claim']} | {c['paper']} | {c['mean']:+.2f}{se} | {ci} | {c['mde']:.2f} "
+                  f"| {c['verdict']}{more} |")
     md += ["", "Difference = claimed-better minus claimed-worse top-1 of the same seed. *Confirmed*: the 95 % "
            "confidence interval of the paired t-test lies above 0; *contradicted*: below 0; otherwise the effect is "
            "below what this many seeds can detect: the minimal detectable effect (MDE) is the true difference the "
