@@ -1,10 +1,14 @@
 """Atomic file writes: a reader never sees a half-written checkpoint or report."""
 import json
 import os
+import re
 import tempfile
-from typing import Any, Callable, Union
+from typing import Any, Callable, List, Union
 
 PathLike = Union[str, os.PathLike]
+_TMP_SUFFIX = ".tmp"
+# ".<target name>.<mkstemp's 8 random characters>.tmp": the only names atomic_write leaves after a kill
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
@@ -13,7 +17,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     path = os.fspath(path)
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_TMP_SUFFIX, dir=d)
     os.close(fd)
     try:
         write(tmp)
@@ -25,6 +29,19 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_temporaries(folder: PathLike) -> List[str]:
+    """Remove what :func:`atomic_write` left in ``folder`` when its process was killed mid-write
+    (``kill -9`` skips the cleanup). Call it only where no other process is writing."""
+    removed = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            p = os.path.join(folder, name)
+            if _TMP_NAME.match(name) and os.path.isfile(p):
+                os.remove(p)
+                removed.append(p)
+    return removed
 
 
 def _mode_for(path: str) -> int:

@@ -132,7 +132,7 @@ def test_fused_kernels_built_before_the_clock(tmp_path, monkeypatch, model, impl
     real = L.kernels_for
     monkeypatch.setattr(L, "kernels_for", lambda x: events.append("build") or real(x))
     hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: events.append("forward"))
-    cfg = TrainConfig(data="digits", model=model, attention_kwargs={"impl": impl}, epochs=1, batch_size=32,
+    cfg = TrainConfig(data="digits", model=model, impl=impl, epochs=1, batch_size=32,
                       train_subset=64, test_subset=32, progress=False, tensorboard=False, threads=1,
                       out=str(tmp_path / "r"))
     try:

@@ -29,7 +29,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
              log: Callable[[str], None] = print, **overrides) -> str:
     """Train the three variants into ``out/<variant>`` and write ``out/report.md``; returns its path.
 
-    Finished variants are skipped (``resume``), so an interrupted demo continues.
+    Finished variants are skipped (``resume``), so an interrupted demo continues; without
+    ``resume`` earlier runs in ``out`` are replaced.
     ``after_training`` may add report sections (e.g. attention maps).
     """
     t0 = time.perf_counter()
@@ -40,7 +41,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
     runs, names = [], []
     for name, att in VARIANTS:
         cfg = demo_config(os.path.join(out, name), quick, attention=att, progress=progress, resume=resume,
-                          **overrides)
+                          overwrite=not resume, **overrides)
         log(f"== {name}: {cfg.model} attention={att or 'none'} ==")
         train(cfg, data=data)
         runs.append(load_run(cfg.out))

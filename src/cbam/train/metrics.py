@@ -22,11 +22,6 @@ def write_csv(path: str, history: List[Dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def read_csv(path: str) -> List[Dict[str, float]]:
-    with open(path, encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
 def plot_curves(path: str, runs: Dict[str, List[Dict]], title: str = "") -> Optional[str]:
     """Loss and accuracy per epoch for one or several runs (overlaid); None without matplotlib."""
     try:
