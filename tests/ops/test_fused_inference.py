@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 import cbam
 from cbam.ops import _cpu
-from cbam.ops import fused as FU
+from cbam.ops import _forward as FW
 from cbam.ops import fused_cbam_with_gates
 from tests.helpers import randomize_
 
@@ -39,14 +39,14 @@ def _cpp():
 @pytest.mark.parametrize("group", [1, 3])
 def test_per_sample_equals_three_passes(preset, train, dtype, need_idx, group, monkeypatch):
     K = _cpp()
-    monkeypatch.setattr(FU, "_mlp_group", lambda x, w1: group)  # 3: one batched MLP per 3 samples (+ a tail)
+    monkeypatch.setattr(FW, "mlp_group", lambda x, w1: group)  # 3: one batched MLP per 3 samples (+ a tail)
     torch.manual_seed(1)
     m = randomize_(cbam.CBAM.from_preset(preset, 40, kernel_size=7 if train else 3)).train(train)
     x = torch.randn(5, 40, 9, 6).to(dtype)
     args = _args(m, x, preset != "paper")
     with torch.no_grad():
-        a = FU._forward_samples(K, *args, need_idx)
-        b = FU._forward_body(FU.TK, *args, need_idx)  # the three passes with the torch kernels
+        a = FW._forward_samples(K, *args, need_idx, None)
+        b = FW.forward(FW.TK, *args, need_idx)  # the three passes with the torch kernels
     names = ["y", "mc", "ms", "p_avg", "p_max", "idx_c", "sd", "idx_s", "bmean", "bvar", "mlp pre-activations"]
     for name, u, v in zip(names, a, b):
         assert u.shape == v.shape and u.dtype == v.dtype, name
@@ -66,25 +66,25 @@ def _inject_llc(monkeypatch, per_thread: int) -> int:
 def test_mlp_group_only_for_wide_layers(monkeypatch):
     threads = _inject_llc(monkeypatch, 16 << 20)
     wide, narrow = torch.empty(128, 2048), torch.empty(16, 256)
-    g = FU._mlp_group(torch.empty(16 * threads, 2048, 7, 7), wide)
+    g = FW.mlp_group(torch.empty(16 * threads, 2048, 7, 7), wide)
     assert 8 <= g <= 16 and 16 % g == 0  # equal groups of a thread's 16 samples
-    assert FU._mlp_group(torch.empty(16 * threads, 256, 7, 7), narrow) == 1  # small weights: mat-vecs
-    assert FU._mlp_group(torch.empty(2 * threads, 2048, 7, 7), wide) == 1  # too few samples for BLAS
+    assert FW.mlp_group(torch.empty(16 * threads, 256, 7, 7), narrow) == 1  # small weights: mat-vecs
+    assert FW.mlp_group(torch.empty(2 * threads, 2048, 7, 7), wide) == 1  # too few samples for BLAS
 
 
 def test_per_sample_chosen_when_it_pays(monkeypatch):
     K = _cpp()
     threads = _inject_llc(monkeypatch, 16 << 20)  # each thread's sample must fit half its share: 8 MiB
-    assert FU._per_sample(K, torch.empty(4 * threads, 64, 28, 28))
-    assert FU._per_sample(K, torch.empty(4 * threads, 2, 1024, 1024))  # 8 MiB
-    assert not FU._per_sample(K, torch.empty(4 * threads, 2, 1024, 1025))
-    assert not FU._per_sample(K, torch.empty(threads * 4, 2048, 112, 112))  # a sample larger than the cache
+    assert FW.per_sample(K, torch.empty(4 * threads, 64, 28, 28))
+    assert FW.per_sample(K, torch.empty(4 * threads, 2, 1024, 1024))  # 8 MiB
+    assert not FW.per_sample(K, torch.empty(4 * threads, 2, 1024, 1025))
+    assert not FW.per_sample(K, torch.empty(threads * 4, 2048, 112, 112))  # a sample larger than the cache
     _inject_llc(monkeypatch, 240 << 20)  # a CPU with that much cache per thread would keep it
-    assert FU._per_sample(K, torch.empty(threads * 4, 2048, 112, 112))
+    assert FW.per_sample(K, torch.empty(threads * 4, 2048, 112, 112))
     _inject_llc(monkeypatch, 16 << 20)
-    assert not FU._per_sample(FU.TK, torch.empty(4 * threads, 64, 28, 28))  # only the C++ kernels have it
+    assert not FW.per_sample(FW.TK, torch.empty(4 * threads, 64, 28, 28))  # only the C++ kernels have it
     if threads > 1:
-        assert not FU._per_sample(K, torch.empty(1, 64, 28, 28))  # one sample would leave threads idle
+        assert not FW.per_sample(K, torch.empty(1, 64, 28, 28))  # one sample would leave threads idle
 
 
 @given(n=st.integers(1, 16), c=st.integers(1, 300), h=st.integers(1, 40), w=st.integers(1, 40),
@@ -148,7 +148,7 @@ def test_per_sample_backward_equals_three_passes(preset, train, dtype, monkeypat
     args = _args(m, x, preset != "paper")
 
     def grads(per_sample):
-        monkeypatch.setattr(FU, "_per_sample", lambda K, t: per_sample)
+        monkeypatch.setattr(FW, "per_sample", lambda K, t: per_sample)
         xx = x.clone().requires_grad_()
         params = [a for a in args[1:9] if isinstance(a, torch.Tensor)]
         for p in params:

@@ -2,10 +2,14 @@
 
 :func:`fused_cbam` / :func:`fused_cbam_with_gates` mirror :func:`cbam.functional.cbam`
 / :func:`cbam.functional.cbam_with_gates` for the configuration they cover
-(channel-first, avg+max, ReLU, sigmoid; with or without the spatial BN).
+(channel-first, avg+max, ReLU, sigmoid; with or without the spatial BN);
+:func:`fused_cbam_tail` mirrors :func:`cbam.functional.cbam_tail`, CBAM followed by the
+residual block's ``relu(y + identity)``.
 """
 from ._cpu import empty_output_cache, output_cache_bytes, set_output_cache_limit
-from .fused import backend_name, fused_available, fused_cbam, fused_cbam_with_gates, kernels_for
+from .fused import (backend_name, fused_available, fused_cbam, fused_cbam_tail, fused_cbam_tail_with_gates,
+                    fused_cbam_with_gates, kernels_for)
 
-__all__ = ["backend_name", "empty_output_cache", "fused_available", "fused_cbam", "fused_cbam_with_gates",
+__all__ = ["backend_name", "empty_output_cache", "fused_available", "fused_cbam", "fused_cbam_tail",
+           "fused_cbam_tail_with_gates", "fused_cbam_with_gates",
            "kernels_for", "output_cache_bytes", "set_output_cache_limit"]

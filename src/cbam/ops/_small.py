@@ -60,6 +60,26 @@ def spatial_forward(sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional
     return torch.sigmoid(u), mean.reshape(1), var.reshape(1)
 
 
+def conv_output_grad(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor],
+                     use_bn: bool, training: bool, mean: Tensor, var: Tensor, eps: float
+                     ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """d ms -> (d u, d bn_w, d bn_b) with u the conv's output: through the sigmoid and the BN
+    (training-mode BN couples every pixel of the batch through its statistics)."""
+    dt = sd.dtype
+    dv = dms * ms * (1 - ms)
+    if not use_bn:
+        return dv, None, None
+    u = F.conv2d(sd, wc.to(dt), _c(bc, dt), padding=wc.shape[-1] // 2)
+    invstd = torch.rsqrt(var + eps)
+    uhat = (u - mean) * invstd
+    dgamma, dbeta = (dv * uhat).sum().reshape(1), dv.sum().reshape(1)
+    duhat = dv * bn_w.to(dt)
+    if not training:
+        return duhat * invstd, dgamma, dbeta
+    m = u.numel()
+    return invstd / m * (m * duhat - duhat.sum() - uhat * (duhat * uhat).sum()), dgamma, dbeta
+
+
 def spatial_backward(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor],
                      use_bn: bool, training: bool, mean: Tensor, var: Tensor, eps: float,
                      need_input: bool = True, need_weight: bool = True,
@@ -72,21 +92,7 @@ def spatial_backward(dms: Tensor, ms: Tensor, sd: Tensor, wc: Tensor, bc: Option
     dt = sd.dtype
     pad = wc.shape[-1] // 2
     wcc = wc.to(dt)
-    dv = dms * ms * (1 - ms)
-    dgamma = dbeta = None
-    if use_bn:
-        u = F.conv2d(sd, wcc, _c(bc, dt), padding=pad)
-        invstd = torch.rsqrt(var + eps)
-        uhat = (u - mean) * invstd
-        dgamma, dbeta = (dv * uhat).sum().reshape(1), dv.sum().reshape(1)
-        duhat = dv * bn_w.to(dt)
-        if training:
-            m = u.numel()
-            du = invstd / m * (m * duhat - duhat.sum() - uhat * (duhat * uhat).sum())
-        else:
-            du = duhat * invstd
-    else:
-        du = dv
+    du, dgamma, dbeta = conv_output_grad(dms, ms, sd, wc, bc, bn_w, use_bn, training, mean, var, eps)
     dsd = None
     if conv_grad is not None and need_input and need_weight:
         k = wc.shape[-1]

@@ -21,14 +21,18 @@ namespace cbam_cpu {
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, int64_t group);
+                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity);
+at::Tensor apply_samples(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& identity);
+std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                                const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& gmc,
+                                                const at::Tensor& gms);
+std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                         const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                         const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
+                                         const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
+                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
 std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd, const at::Tensor& wc);
-std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
-                                         const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
-                                         const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
-                                         const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, const at::Tensor& sd,
-                                         double scale, bool max_first);
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
                                      const at::Tensor& w2, const at::Tensor& pre);
@@ -219,6 +223,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spatial_pool", &spatial_pool, py::arg("x"), py::arg("mc"), py::arg("need_idx") = true);
   m.def("forward_samples", &cbam_cpu::forward_samples);
   m.def("backward_samples", &cbam_cpu::backward_samples);
+  m.def("backward_reduce_samples", &cbam_cpu::backward_reduce_samples);
+  m.def("apply_samples", &cbam_cpu::apply_samples);
   m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("mlp_backward", &cbam_cpu::mlp_backward);
   m.def("apply", &apply);

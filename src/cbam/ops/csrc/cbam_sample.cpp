@@ -1,262 +1,384 @@
-// Fused CBAM forward, one sample at a time: channel pooling, the MLP, channel-wise pooling
-// of x * M_c, the k x k conv (+ folded eval-mode BN), the sigmoid and y = x * M_c * M_s all
-// run on one sample before the next. A ResNet sample (<= a few MB) stays in the last-level
-// cache between the three passes, so x comes from DRAM once instead of three times.
-// Threads take whole samples; fused.py uses this only when there are enough samples.
+// Fused CBAM, one sample at a time: channel pooling, the MLP, channel-wise pooling of x * M_c, the
+// k x k conv (+ folded eval-mode BN), the sigmoid and y = x * M_c * M_s (optionally the residual
+// block's tail, relu(y + identity)) all run on one sample before the next. A ResNet sample (<= a few
+// MB) stays in the last-level cache between the passes, so x comes from DRAM once instead of three
+// times; the backward likewise reads g and x from DRAM once. Threads take whole samples. Both
+// layouts (NCHW and channels_last) share this orchestration; their passes are in layout.h.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <algorithm>
 #include <vector>
 
+#include "layout.h"
 #include "out_cache.h"
-#include "pool.h"
+#include "sample_common.h"
 
 namespace cbam_cpu {
 namespace {
+using namespace sample;
 
-template <typename A>
-inline A sigmoid(A z) { return A(1) / (A(1) + std::exp(-z)); }
+bool is_nhwc(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
 
-// mc = sigmoid(W2 relu(W1 avg + b1) + W2 relu(W1 mx + b1) + 2 b2); w1 (hid, C), w2 (C, hid).
-template <typename A>
-void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, const A* b1, const A* w2,
-              const A* b2, A* h, A* mc, A* pre_avg, A* pre_max) {
-  for (int64_t j = 0; j < hid; ++j) {
-    const A* wr = w1 + j * C;
-    A sa = 0, sm = 0;
-    _Pragma("omp simd reduction(+:sa, sm)")
-    for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
-    const A b = b1 ? b1[j] : A(0);
-    if (pre_avg) { pre_avg[j] = sa + b; pre_max[j] = sm + b; }  // kept for backward (its relu masks)
-    h[j] = std::max(sa + b, A(0)) + std::max(sm + b, A(0));
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const A* wr = w2 + c * hid;
-    A z = b2 ? 2 * b2[c] : A(0);
-    for (int64_t j = 0; j < hid; ++j) z += wr[j] * h[j];
-    mc[c] = sigmoid(z);
-  }
+// An uninitialised tensor shaped and laid out like x, from the output cache.
+at::Tensor cached_like(const at::Tensor& x, bool nhwc) {
+  if (!nhwc) return cached_empty_like(x);
+  return cached_empty({x.size(0), x.size(2), x.size(3), x.size(1)}, x.scalar_type()).permute({0, 3, 1, 2});
 }
 
-// mlp_gate for G samples at once: pa, pm, mc are (G, C) row blocks. Per sample the MLP is three
-// mat-vecs that stream every weight from cache (at C = 2048 the 2 MB of weights come from L3 for
-// each sample: ~44 us); as a (G, C) x (C, hid) matmul each weight serves G samples (~21 us per
-// sample at G = 16). fused.py asks for it only where the weights are large and G is >= 8: below
-// that BLAS is slower than the mat-vecs.
+void check_input(const at::Tensor& x, const char* fn) {
+  TORCH_CHECK(x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)), fn,
+              ": a contiguous NCHW or channels_last (N, C, H, W) tensor expected, got sizes ", x.sizes(),
+              " and strides ", x.strides());
+}
+
+// An optional (empty) or full-size tensor laid out exactly as x.
+void check_like(const at::Tensor& t, const at::Tensor& x, bool nhwc, const char* what, const char* fn) {
+  if (t.numel() == 0) return;
+  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() &&
+                  (nhwc ? t.is_contiguous(at::MemoryFormat::ChannelsLast) : t.is_contiguous()),
+              fn, ": ", what, " must have x's shape ", x.sizes(), ", dtype and memory layout");
+}
+
+void check_small(const at::Tensor& t, std::initializer_list<int64_t> sizes, at::ScalarType acc, const char* what,
+                 const char* fn) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(sizes) && t.scalar_type() == acc && t.is_contiguous(), fn, ": ", what,
+              " must be a contiguous ", at::IntArrayRef(sizes), " tensor of ", acc, ", got ", t.sizes(), " of ",
+              t.scalar_type());
+}
+
+// w1 (hid, C), b1 (hid) or empty, w2 (C, hid), b2 (C) or empty, wc (2, k, k) with odd k.
+void check_weights(const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                   const at::Tensor& wc, int64_t C, at::ScalarType acc, const char* fn) {
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C && w1.size(0) >= 1, fn, ": w1 must be (hid, ", C, "), got ",
+              w1.sizes());
+  const int64_t hid = w1.size(0), k = wc.size(-1);
+  check_small(w1, {hid, C}, acc, "w1", fn);
+  check_small(w2, {C, hid}, acc, "w2", fn);
+  if (b1.numel()) check_small(b1, {hid}, acc, "b1", fn);
+  if (b2.numel()) check_small(b2, {C}, acc, "b2", fn);
+  TORCH_CHECK(k % 2 == 1, fn, ": the spatial kernel size must be odd, got ", k);
+  check_small(wc, {2, k, k}, acc, "wc", fn);
+}
+
 template <typename A>
-void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at::Tensor& w1, const A* b1,
-                    const at::Tensor& w2, const A* b2, A* mc, A* pre_avg, A* pre_max) {
-  const int64_t G = pa.size(0), C = pa.size(1), hid = w1.size(0);
-  auto w1t = w1.t();
-  auto ha = at::mm(pa, w1t), hm = at::mm(pm, w1t);
-  A *hap = ha.data_ptr<A>(), *hmp = hm.data_ptr<A>();
-  for (int64_t i = 0; i < G; ++i)
-    for (int64_t j = 0; j < hid; ++j) {
-      const A b = b1 ? b1[j] : A(0);
-      if (pre_avg) { pre_avg[i * hid + j] = hap[i * hid + j] + b; pre_max[i * hid + j] = hmp[i * hid + j] + b; }
-      hap[i * hid + j] = std::max(hap[i * hid + j] + b, A(0)) + std::max(hmp[i * hid + j] + b, A(0));
+const A* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr<A>() : nullptr; }
+
+template <typename L, typename T>
+struct Forward {
+  using A = acc_t<T>;
+  int64_t N, C, H, W, HW, hid, k, avg_ch, max_ch;
+  const T *x, *id;
+  T* y;
+  const A *w1, *b1, *w2, *b2, *wc;
+  A *mc, *ms, *pa, *pm, *sd, *pre;
+  int32_t *ic, *is;
+  A cb, sc, sh;
+  bool need_idx, apply_gate;
+
+  void pool(int64_t n) {  // pass 1: channel pooling
+    L::pool_channels(x + n * C * HW, C, HW, need_idx, pa + n * C, pm + n * C, need_idx ? ic + n * C : nullptr);
+  }
+  void mlp(int64_t n, std::vector<A>& h) {
+    mlp_gate(pa + n * C, pm + n * C, C, hid, w1, b1, w2, b2, h.data(), mc + n * C, pre ? pre + n * hid : nullptr,
+             pre ? pre + (N + n) * hid : nullptr);
+  }
+  void rest(int64_t n, Scratch<A>& w, std::vector<A>& pbuf) {  // pass 2, the conv and the gate, pass 3
+    const T* xn = x + n * C * HW;
+    const A* g = mc + n * C;
+    A *sdn = sd + n * 2 * HW, *u = ms + n * HW;
+    L::pool_pixels(xn, C, HW, g, need_idx, sdn + avg_ch * HW, sdn + max_ch * HW, need_idx ? is + n * HW : nullptr,
+                   w);
+    conv_kxk(sdn, H, W, wc, k, cb, u, pbuf);
+    if (!apply_gate) return;  // training-mode BN: the gate needs the batch's statistics first
+    for (int64_t p = 0; p < HW; ++p) u[p] = sigmoid(sc * u[p] + sh);
+    L::apply(xn, C, HW, g, u, id ? id + n * C * HW : nullptr, y + n * C * HW);
+  }
+};
+
+template <typename L, typename T>
+struct Backward {
+  using A = acc_t<T>;
+  int64_t N, C, H, W, HW, hid, k, avg_ch, max_ch;
+  const T *g, *o, *x;
+  T *dx, *did;
+  const A *mc, *ms, *pa, *pm, *w1, *b1, *w2, *wc, *sd, *gms;
+  const int32_t *ic, *is;
+  A *dmc, *dms, *dwc;
+  A sc;
+
+  struct Bufs {
+    std::vector<A> du, dsd, t, dz, da, dm, off, pbuf;
+    Bufs(int64_t C, int64_t HW, int64_t hid)
+        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C) {}
+  };
+
+  // Read g and x: dmc[n] += sum_p g x ms, dms[n] = gms + sum_c g x mc.
+  void reduce(int64_t n, Scratch<A>& w) {
+    const int64_t off = n * C * HW;
+    std::copy(gms + n * HW, gms + (n + 1) * HW, dms + n * HW);
+    L::reduce(g + off, o ? o + off : nullptr, x + off, C, HW, mc + n * C, ms + n * HW, dmc + n * C, dms + n * HW, w);
+  }
+
+  // From du = d conv-output of sample n: the conv's gradients, the mean/max routes into dmc, the MLP's
+  // input gradient and dx (x and g now from cache).
+  void finish(int64_t n, const A* du, Bufs& b) {
+    const int64_t off = n * C * HW;
+    const T* xn = x + off;
+    const A* mcn = mc + n * C;
+    A* dmcn = dmc + n * C;
+    const int32_t *isn = is + n * HW, *icn = ic + n * C;
+    conv_kxk_adjoint(du, H, W, wc, k, b.dsd.data());
+    conv_kxk_weight_grad(sd + n * 2 * HW, du, H, W, k, dwc + n * 2 * k * k, b.pbuf);
+    A* av = b.dsd.data() + avg_ch * HW;  // becomes a = d s_avg / C
+    const A* dmax = b.dsd.data() + max_ch * HW;
+    for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
+    L::row_dot(xn, C, HW, av, dmcn);
+    for (int64_t p = 0; p < HW; ++p) dmcn[isn[p]] += static_cast<A>(xn[L::at(isn[p], p, C, HW)]) * dmax[p];
+    mlp_input_grad(dmcn, mcn, pa + n * C, pm + n * C, C, hid, w1, b1, w2, b.t.data(), b.dz.data(), b.da.data(),
+                   b.dm.data());
+    for (int64_t c = 0; c < C; ++c) b.off[c] = b.da[c] / static_cast<A>(HW);
+    T* dn = dx + off;
+    L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
+                  did ? did + off : nullptr);
+    for (int64_t c = 0; c < C; ++c) {  // the max-pool routes
+      T& d = dn[L::at(c, icn[c], C, HW)];
+      d = static_cast<T>(static_cast<A>(d) + b.dm[c]);
     }
-  auto z = at::mm(ha, w2.t());
-  const A* zp = z.data_ptr<A>();
-  for (int64_t i = 0; i < G; ++i)
-    for (int64_t c = 0; c < C; ++c) mc[i * C + c] = sigmoid(zp[i * C + c] + (b2 ? 2 * b2[c] : A(0)));
-}
-
-constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
-
-// Copies the (2, H, W) map `in` into buf as (2, H + 2p, Wp) with zero borders (p = k / 2; Wp leaves
-// room for a full 16-lane block past the last column), so the k x k taps need no bounds checks.
-template <typename A>
-void pad_map(const A* in, int64_t H, int64_t W, int64_t k, std::vector<A>& buf, int64_t& Hp, int64_t& Wp) {
-  const int64_t pad = k / 2;
-  Hp = H + 2 * pad;
-  Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
-  buf.assign(2 * Hp * Wp, A(0));
-  for (int64_t ci = 0; ci < 2; ++ci)
-    for (int64_t y = 0; y < H; ++y)
-      std::copy(in + (ci * H + y) * W, in + (ci * H + y + 1) * W, buf.data() + (ci * Hp + y + pad) * Wp + pad);
-}
-
-// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2:
-// each block of 16 outputs accumulates all 2 k^2 taps in registers (one store per output).
-template <typename A>
-void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(in, H, W, k, buf, Hp, Wp);
-  for (int64_t y = 0; y < H; ++y)
-    for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
-      A acc[kLanes];
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] = bias;
-      for (int64_t ci = 0; ci < 2; ++ci)
-        for (int64_t dy = 0; dy < k; ++dy) {
-          const A* src = buf.data() + (ci * Hp + y + dy) * Wp + x0;
-          const A* wr = wc + (ci * k + dy) * k;
-          for (int64_t dx = 0; dx < k; ++dx) {
-            const A wv = wr[dx];
-            _Pragma("omp simd")
-            for (int64_t l = 0; l < kLanes; ++l) acc[l] += wv * src[dx + l];
-          }
-        }
-      const int64_t n = std::min(kLanes, W - x0);
-      for (int64_t l = 0; l < n; ++l) out[y * W + x0 + l] = acc[l];
+    for (int64_t p = 0; p < HW; ++p) {
+      T& d = dn[L::at(isn[p], p, C, HW)];
+      d = static_cast<T>(static_cast<A>(d) + mcn[isn[p]] * dmax[p]);
     }
-}
+  }
+};
 
-// The kernel's gradient of conv_kxk for one sample: dw[ci, dy, dx] = sum_{y,x} du[y, x] in[ci, y+dy-p, x+dx-p].
-// (torch's conv2d weight gradient took 2-6 ms at (32, 2, 56, 56); this is part of the per-sample pass.)
-template <typename A>
-void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw, std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(in, H, W, k, buf, Hp, Wp);
-  for (int64_t ci = 0; ci < 2; ++ci)
-    for (int64_t dy = 0; dy < k; ++dy)
-      for (int64_t dx = 0; dx < k; ++dx) {
-        A acc = 0;
-        for (int64_t y = 0; y < H; ++y) {
-          const A *src = buf.data() + (ci * Hp + y + dy) * Wp + dx, *d = du + y * W;
-          _Pragma("omp simd reduction(+:acc)")
-          for (int64_t x = 0; x < W; ++x) acc += d[x] * src[x];
-        }
-        dw[(ci * k + dy) * k + dx] = acc;
+// Calls RUN<Layout, scalar_t>(...) for x's memory layout and dtype.
+#define CBAM_DISPATCH_LAYOUT(x, name, RUN, ...)                                       \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, (x).scalar_type(), name, [&] { \
+    if (is_nhwc(x)) RUN<NHWC, scalar_t>(__VA_ARGS__);                                  \
+    else RUN<NCHW, scalar_t>(__VA_ARGS__);                                             \
+  })
+
+template <typename L, typename T>
+void forward_run(Forward<L, T> f, const at::Tensor& p_avg, const at::Tensor& p_max, const at::Tensor& w1,
+                 const at::Tensor& w2, int64_t group) {
+  using A = acc_t<T>;
+  at::parallel_for(0, f.N, 1, [&](int64_t b, int64_t e) {
+    std::vector<A> h(std::max<int64_t>(f.hid, 1)), pbuf;
+    Scratch<A> w(f.C);
+    for (int64_t n0 = b; n0 < e; n0 += group) {  // group > 1: pool G samples, one batched MLP, then the rest
+      const int64_t n1 = std::min(e, n0 + group);
+      for (int64_t n = n0; n < n1; ++n) {
+        f.pool(n);
+        if (group == 1) f.mlp(n, h);
       }
-}
-
-// The adjoint of conv_kxk: din[ci] += correlation's transpose of dout with the same kernel.
-template <typename A>
-void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, int64_t k, A* din) {
-  const int64_t pad = k / 2;
-  for (int64_t i = 0; i < 2 * H * W; ++i) din[i] = 0;
-  for (int64_t y = 0; y < H; ++y) {
-    const A* orow = dout + y * W;
-    for (int64_t ci = 0; ci < 2; ++ci)
-      for (int64_t dy = 0; dy < k; ++dy) {
-        const int64_t iy = y + dy - pad;
-        if (iy < 0 || iy >= H) continue;
-        A* irow = din + (ci * H + iy) * W;
-        for (int64_t dx = 0; dx < k; ++dx) {
-          const A wv = wc[(ci * k + dy) * k + dx];
-          const int64_t lo = std::max<int64_t>(0, pad - dx), hi = std::min<int64_t>(W, W + pad - dx);
-          A* dst = irow + dx - pad;
-          _Pragma("omp simd")
-          for (int64_t x = lo; x < hi; ++x) dst[x] += wv * orow[x];
-        }
-      }
-  }
-}
-
-// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python).
-template <typename A>
-void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1,
-                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max) {
-  for (int64_t c = 0; c < C; ++c) dz[c] = dmc[c] * mc[c] * (A(1) - mc[c]);
-  for (int64_t j = 0; j < 2 * hid; ++j) t[j] = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A* wr = w2 + c * hid;
-    for (int64_t j = 0; j < hid; ++j) t[j] += wr[j] * dz[c];
-  }
-  for (int64_t j = 0; j < hid; ++j) {  // the ReLU masks of the two branches
-    const A* wr = w1 + j * C;
-    A sa = 0, sm = 0;
-    _Pragma("omp simd reduction(+:sa, sm)")
-    for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
-    const A b = b1 ? b1[j] : A(0);
-    t[hid + j] = sm + b > 0 ? t[j] : A(0);
-    t[j] = sa + b > 0 ? t[j] : A(0);
-  }
-  for (int64_t c = 0; c < C; ++c) { d_avg[c] = 0; d_max[c] = 0; }
-  for (int64_t j = 0; j < hid; ++j) {
-    const A* wr = w1 + j * C;
-    const A ta = t[j], tm = t[hid + j];
-    _Pragma("omp simd")
-    for (int64_t c = 0; c < C; ++c) { d_avg[c] += wr[c] * ta; d_max[c] += wr[c] * tm; }
-  }
+      if (group > 1)
+        mlp_gate_group(p_avg.narrow(0, n0, n1 - n0), p_max.narrow(0, n0, n1 - n0), w1, f.b1, w2, f.b2,
+                       f.mc + n0 * f.C, f.pre ? f.pre + n0 * f.hid : nullptr,
+                       f.pre ? f.pre + (f.N + n0) * f.hid : nullptr);
+      for (int64_t n = n0; n < n1; ++n) f.rest(n, w, pbuf);
+    }
+  });
 }
 
 }  // namespace
 
-// Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s]. ms = sigmoid(scale * u + shift) with u the conv
-// output (bias included); with apply_gate=false (training-mode BN needs the batch's statistics first)
-// y is empty and the ms slot holds u. idx_c / idx_s are empty unless need_idx.
+// Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre]. ms = sigmoid(scale * u + shift) with u the
+// conv output (bias included); with apply_gate=false (training-mode BN needs the batch's statistics
+// first) y is empty and the ms slot holds u. idx_c / idx_s / pre are empty unless need_idx. With a
+// non-empty `identity` (x's shape and layout), y = relu(x * mc * ms + identity): the residual block's tail.
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, int64_t group) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "forward_samples: contiguous NCHW input expected");
-  TORCH_CHECK(group >= 1, "forward_samples: group must be >= 1");
+                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity) {
+  const char* fn = "forward_samples";
+  check_input(x, fn);
+  TORCH_CHECK(group >= 1, fn, ": group must be >= 1");
+  const bool nhwc = is_nhwc(x);
+  check_like(identity, x, nhwc, "identity", fn);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t hid = w1.size(0), k = wc.size(-1);
   auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_weights(w1, b1, w2, b2, wc, C, acc, fn);
+  const int64_t hid = w1.size(0), k = wc.size(-1);
   auto fo = x.options().dtype(acc);
-  TORCH_CHECK(w1.scalar_type() == acc && w2.scalar_type() == acc && wc.scalar_type() == acc,
-              "forward_samples: weights must be in the accumulation dtype");
-  auto y = apply_gate ? cached_empty_like(x) : at::empty({0}, x.options());
-  auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo);
-  auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto io = x.options().dtype(at::kInt);
+  auto y = apply_gate ? cached_like(x, nhwc) : at::empty({0}, x.options());
+  auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo), sd = at::empty({N, 2, H, W}, fo);
+  auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo);
   auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
   auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
   auto pre = need_idx ? at::empty({2, N, hid}, fo) : at::empty({0}, fo);  // MLP pre-activations, for backward
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "forward_samples", [&] {
-    using A = acc_t<scalar_t>;
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* yp = apply_gate ? y.data_ptr<scalar_t>() : nullptr;
-    const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
-    const A* b1p = b1.numel() ? b1.data_ptr<A>() : nullptr;
-    const A* b2p = b2.numel() ? b2.data_ptr<A>() : nullptr;
-    A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
-    A* sdp = sd.data_ptr<A>();
-    int32_t* icp = need_idx ? idx_c.data_ptr<int32_t>() : nullptr;
-    int32_t* isp = need_idx ? idx_s.data_ptr<int32_t>() : nullptr;
-    A* prp = need_idx ? pre.data_ptr<A>() : nullptr;  // (2, N, hid): the avg branch, then the max branch
-    const A sc = static_cast<A>(scale), sh = static_cast<A>(shift), cb = static_cast<A>(conv_bias);
-    const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      std::vector<A> h(std::max<int64_t>(hid, 1)), s(kBlock), m(kBlock), pbuf;
-      std::vector<int32_t> kk(kBlock);
-      for (int64_t n0 = b; n0 < e; n0 += group) {  // group > 1: pool G samples, one batched MLP, then the rest
-        const int64_t n1 = std::min(e, n0 + group);
-        for (int64_t n = n0; n < n1; ++n) {
-          const scalar_t* xn = xp + n * C * HW;
-          A *pa = pap + n * C, *pm = pmp + n * C;
-          int32_t* ic = need_idx ? icp + n * C : nullptr;
-          for (int64_t c = 0; c < C; ++c)                                 // pass 1: channel pooling
-            row_pool(xn + c * HW, HW, need_idx, pa + c, pm + c, need_idx ? ic + c : nullptr);
-          if (group == 1)
-            mlp_gate(pa, pm, C, hid, w1p, b1p, w2p, b2p, h.data(), mcp + n * C, prp ? prp + n * hid : nullptr,
-                     prp ? prp + (N + n) * hid : nullptr);
-        }
-        if (group > 1)
-          mlp_gate_group(p_avg.narrow(0, n0, n1 - n0), p_max.narrow(0, n0, n1 - n0), w1, b1p, w2, b2p,
-                         mcp + n0 * C, prp ? prp + n0 * hid : nullptr, prp ? prp + (N + n0) * hid : nullptr);
-        for (int64_t n = n0; n < n1; ++n) {
-          const scalar_t* xn = xp + n * C * HW;
-          const A* g = mcp + n * C;
-          A* sdn = sdp + n * 2 * HW;
-          for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {                    // pass 2: pooling of x * mc
-            const int64_t len = std::min(kBlock, HW - p0);
-            spatial_block(xn + p0, C, HW, len, g, need_idx, s.data(), m.data(), kk.data());
-            for (int64_t i = 0; i < len; ++i) {
-              sdn[avg_ch * HW + p0 + i] = s[i] / static_cast<A>(C);
-              sdn[max_ch * HW + p0 + i] = m[i];
-            }
-            if (need_idx) std::copy(kk.begin(), kk.begin() + len, isp + n * HW + p0);
-          }
-          A* u = msp + n * HW;
-          conv_kxk(sdn, H, W, wcp, k, cb, u, pbuf);
-          if (!apply_gate) continue;
-          for (int64_t i = 0; i < HW; ++i) u[i] = sigmoid(sc * u[i] + sh);
-          apply_sample(xn, C, HW, g, u, yp + n * C * HW);                  // pass 3: y = x * mc * ms
-        }
-      }
-    });
-  });
+  const int64_t avg_ch = max_first ? 1 : 0;
+  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", forward_run,
+      {N, C, H, W, HW, hid, k, avg_ch, 1 - avg_ch, x.data_ptr<scalar_t>(), identity.numel() ? identity.data_ptr<scalar_t>() : nullptr,
+       apply_gate ? y.data_ptr<scalar_t>() : nullptr, w1.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b1),
+       w2.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b2), wc.data_ptr<acc_t<scalar_t>>(),
+       mc.data_ptr<acc_t<scalar_t>>(), ms.data_ptr<acc_t<scalar_t>>(), p_avg.data_ptr<acc_t<scalar_t>>(),
+       p_max.data_ptr<acc_t<scalar_t>>(), sd.data_ptr<acc_t<scalar_t>>(),
+       need_idx ? pre.data_ptr<acc_t<scalar_t>>() : nullptr, need_idx ? idx_c.data_ptr<int32_t>() : nullptr,
+       need_idx ? idx_s.data_ptr<int32_t>() : nullptr, static_cast<acc_t<scalar_t>>(conv_bias),
+       static_cast<acc_t<scalar_t>>(scale), static_cast<acc_t<scalar_t>>(shift), need_idx, apply_gate},
+      p_avg, p_max, w1, w2, group);
   return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre};
 }
 
-}  // namespace cbam_cpu
+namespace {
 
-namespace cbam_cpu {
+template <typename L, typename T>
+void apply_run(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& identity,
+               at::Tensor& y) {
+  using A = acc_t<T>;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const T *xp = x.data_ptr<T>(), *ip = identity.numel() ? identity.data_ptr<T>() : nullptr;
+  const A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>();
+  T* yp = y.data_ptr<T>();
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n)
+      L::apply(xp + n * C * HW, C, HW, mcp + n * C, msp + n * HW, ip ? ip + n * C * HW : nullptr, yp + n * C * HW);
+  });
+}
+
+// The backward's tensors; empty ones are optional (out: no tail; du: the per-sample pass A runs).
+struct BwdArgs {
+  at::Tensor g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du;
+  at::Tensor dx, did, dmc, dms, dwc;  // outputs
+  double scale;
+  bool max_first;
+};
+
+template <typename A>
+A* ptr_mut(at::Tensor& t) { return t.numel() ? t.data_ptr<A>() : nullptr; }
+
+template <typename L, typename T>
+Backward<L, T> make_backward(BwdArgs& a) {
+  using A = acc_t<T>;
+  Backward<L, T> b;
+  b.N = a.x.size(0), b.C = a.x.size(1), b.H = a.x.size(2), b.W = a.x.size(3), b.HW = b.H * b.W;
+  b.hid = a.w1.numel() ? a.w1.size(0) : 0, b.k = a.wc.numel() ? a.wc.size(-1) : 0;
+  b.avg_ch = a.max_first ? 1 : 0, b.max_ch = 1 - b.avg_ch;
+  b.g = a.g.data_ptr<T>(), b.o = ptr_or_null<T>(a.out), b.x = a.x.data_ptr<T>();
+  b.dx = ptr_mut<T>(a.dx), b.did = ptr_mut<T>(a.did);
+  b.mc = a.mc.data_ptr<A>(), b.ms = a.ms.data_ptr<A>(), b.pa = ptr_or_null<A>(a.p_avg);
+  b.pm = ptr_or_null<A>(a.p_max), b.w1 = ptr_or_null<A>(a.w1), b.b1 = ptr_or_null<A>(a.b1);
+  b.w2 = ptr_or_null<A>(a.w2), b.wc = ptr_or_null<A>(a.wc), b.sd = ptr_or_null<A>(a.sd);
+  b.gms = ptr_or_null<A>(a.gms);
+  b.ic = ptr_or_null<int32_t>(a.idx_c), b.is = ptr_or_null<int32_t>(a.idx_s);
+  b.dmc = ptr_mut<A>(a.dmc), b.dms = ptr_mut<A>(a.dms), b.dwc = ptr_mut<A>(a.dwc);
+  b.sc = static_cast<A>(a.scale);
+  return b;
+}
+
+// With a.du empty: the whole backward per sample (pass A, du from dms, finish); else only finish.
+template <typename L, typename T>
+void backward_run(BwdArgs& a) {
+  using A = acc_t<T>;
+  const auto bw = make_backward<L, T>(a);
+  const A* dup = ptr_or_null<A>(a.du);
+  at::parallel_for(0, bw.N, 1, [&](int64_t b, int64_t e) {
+    auto f = bw;  // per-thread copy of the pointers
+    typename Backward<L, T>::Bufs bufs(f.C, f.HW, f.hid);
+    Scratch<A> w(f.C);
+    for (int64_t n = b; n < e; ++n) {
+      if (dup) {
+        f.finish(n, dup + n * f.HW, bufs);
+        continue;
+      }
+      f.reduce(n, w);
+      const A *dms = f.dms + n * f.HW, *ms = f.ms + n * f.HW;
+      for (int64_t p = 0; p < f.HW; ++p) bufs.du[p] = dms[p] * ms[p] * (A(1) - ms[p]) * f.sc;
+      f.finish(n, bufs.du.data(), bufs);
+    }
+  });
+}
+
+template <typename L, typename T>
+void reduce_run(BwdArgs& a) {
+  auto bw = make_backward<L, T>(a);
+  at::parallel_for(0, bw.N, 1, [&](int64_t b, int64_t e) {
+    auto f = bw;
+    Scratch<acc_t<T>> w(f.C);
+    for (int64_t n = b; n < e; ++n) f.reduce(n, w);
+  });
+}
+
+void check_index(const at::Tensor& idx, int64_t bound, const char* what, const char* fn) {
+  if (idx.numel() == 0) return;
+  auto mm = at::aminmax(idx);
+  TORCH_CHECK(std::get<0>(mm).item<int32_t>() >= 0 && std::get<1>(mm).item<int32_t>() < bound, fn, ": ", what,
+              " holds indices outside [0, ", bound, ")");
+}
+
+void check_grads(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x, const at::Tensor& mc,
+                 const at::Tensor& ms, const char* fn) {
+  check_input(x, fn);
+  const bool nhwc = is_nhwc(x);
+  TORCH_CHECK(g.sizes() == x.sizes(), fn, ": the gradient must have x's shape ", x.sizes(), ", got ", g.sizes());
+  check_like(g, x, nhwc, "the gradient", fn);
+  check_like(out, x, nhwc, "out", fn);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_small(mc, {N, C}, acc, "mc", fn);
+  check_small(ms, {N, HW}, acc, "ms", fn);
+}
+
+}  // namespace
+
+// y = x * mc * ms per sample (relu(y + identity) with a non-empty identity), in x's layout.
+at::Tensor apply_samples(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& identity) {
+  const char* fn = "apply_samples";
+  check_grads(x, at::Tensor(), x, mc, ms, fn);
+  check_like(identity, x, is_nhwc(x), "identity", fn);
+  auto y = cached_like(x, is_nhwc(x));
+  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", apply_run, x, mc, ms, identity, y);
+  return y;
+}
+
+// Pass A of the backward alone (training-mode BN, whose gradient needs every sample's dms first):
+// -> [dmc = gmc + sum_p g x ms, dms = gms + sum_c g x mc]; g is masked by out > 0 when out is given.
+std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                                const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& gmc,
+                                                const at::Tensor& gms) {
+  const char* fn = "backward_reduce_samples";
+  check_grads(g, out, x, mc, ms, fn);
+  check_small(gmc, {mc.size(0), mc.size(1)}, mc.scalar_type(), "gmc", fn);
+  check_small(gms, {ms.size(0), ms.size(1)}, ms.scalar_type(), "gms", fn);
+  BwdArgs a{g, out, x, mc, ms};
+  a.gms = gms, a.dmc = gmc.clone(), a.dms = at::empty_like(ms), a.scale = 1.0, a.max_first = false;
+  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", reduce_run, a);
+  return {a.dmc, a.dms};
+}
+
+// The backward per sample, reading g (and out) and x from DRAM once. `scale` is d u / d (pre-sigmoid)
+// of a folded eval-mode BN (1 without BN). dmc0: gmc (du empty) or pass A's dmc (du given: training-mode
+// BN's du, formed from every sample's dms). Returns [dx, d identity (empty without out), dmc, dms (empty
+// when du is given), dwc (N, 2, k, k) per sample]; Python forms the small weight gradients from them.
+std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                         const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                         const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
+                                         const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
+                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du) {
+  const char* fn = "backward_samples";
+  check_grads(g, out, x, mc, ms, fn);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const auto acc = mc.scalar_type();
+  check_weights(w1, b1, w2, at::Tensor(), wc, C, acc, fn);
+  const int64_t k = wc.size(-1);
+  for (const auto* t : {&p_avg, &p_max, &dmc0}) check_small(*t, {N, C}, acc, "p_avg, p_max and dmc0", fn);
+  check_small(idx_c, {N, C}, at::kInt, "idx_c", fn);
+  check_small(idx_s, {N, HW}, at::kInt, "idx_s", fn);
+  check_small(sd, {N, 2, H, W}, acc, "sd", fn);
+  check_small(du.numel() ? du : gms, {N, HW}, acc, du.numel() ? "du" : "gms", fn);
+  BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du};
+  const bool nhwc = is_nhwc(x);
+  a.dx = cached_like(x, nhwc), a.did = out.numel() ? cached_like(x, nhwc) : at::empty({0}, x.options());
+  a.dmc = dmc0.clone(), a.dms = du.numel() ? at::empty({0}, ms.options()) : at::empty_like(ms);
+  a.dwc = at::empty({N, 2, k, k}, mc.options()), a.scale = scale, a.max_first = max_first;
+  check_index(idx_c, HW, "idx_c", fn);  // the max-pool routes write through these
+  check_index(idx_s, C, "idx_s", fn);
+  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", backward_run, a);
+  return {a.dx, a.did, a.dmc, a.dms, a.dwc};
+}
 
 // The k x k conv's gradients for a batch, per sample on threads: d sd (N, 2, H, W) and d wc (2, k, k)
 // from du (N, H, W) = d conv-output. torch's mkldnn conv and its weight gradient cost ~0.5 ms of
@@ -282,94 +404,5 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd
   return {dsd, dwc.sum(0)};
 }
 
-// Backward per sample (no training-mode BN): one DRAM read of g and x, then row_dot and the input
-// gradient from cache. `scale` is d u / d (pre-sigmoid) of the folded eval-mode BN (1 without BN).
-// Returns [dx, dmc, dms, dwc]: the full gradients of the two gates, from which Python forms the
-// (batched, small) MLP weight gradients, and the conv kernel's gradient per sample (N, 2, k, k).
-std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mc,
-                                         const at::Tensor& ms, const at::Tensor& p_avg, const at::Tensor& p_max,
-                                         const at::Tensor& idx_c, const at::Tensor& idx_s, const at::Tensor& gmc,
-                                         const at::Tensor& gms, const at::Tensor& w1, const at::Tensor& b1,
-                                         const at::Tensor& w2, const at::Tensor& wc, const at::Tensor& sd,
-                                         double scale, bool max_first) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && g.is_contiguous(), "backward_samples: contiguous NCHW expected");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t hid = w1.size(0), k = wc.size(-1);
-  auto dx = cached_empty_like(x);
-  auto dmc = at::empty_like(mc), dms = at::empty_like(ms), dwc = at::empty({N, 2, k, k}, mc.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "backward_samples", [&] {
-    using A = acc_t<scalar_t>;
-    const scalar_t *xp = x.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
-    scalar_t* dp = dx.data_ptr<scalar_t>();
-    const A *mcp = mc.data_ptr<A>(), *msp = ms.data_ptr<A>(), *pap = p_avg.data_ptr<A>(), *pmp = p_max.data_ptr<A>();
-    const A *gmcp = gmc.data_ptr<A>(), *gmsp = gms.data_ptr<A>();
-    const A *w1p = w1.data_ptr<A>(), *w2p = w2.data_ptr<A>(), *wcp = wc.data_ptr<A>();
-    const A* b1p = b1.numel() ? b1.data_ptr<A>() : nullptr;
-    const int32_t *icp = idx_c.data_ptr<int32_t>(), *isp = idx_s.data_ptr<int32_t>();
-    A *dmcp = dmc.data_ptr<A>(), *dmsp = dms.data_ptr<A>(), *dwcp = dwc.data_ptr<A>();
-    const A* sdp = sd.data_ptr<A>();
-    const A sc = static_cast<A>(scale);
-    const int64_t avg_ch = max_first ? 1 : 0, max_ch = 1 - avg_ch;
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      std::vector<A> acc(kBlock), du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), pbuf;
-      for (int64_t n = b; n < e; ++n) {
-        const scalar_t *xn = xp + n * C * HW, *gn = gp + n * C * HW;
-        scalar_t* dn = dp + n * C * HW;
-        const A *mcn = mcp + n * C, *msn = msp + n * HW;
-        A *dmcn = dmcp + n * C, *dmsn = dmsp + n * HW;
-        const int32_t *ic = icp + n * C, *is = isp + n * HW;
-        for (int64_t c = 0; c < C; ++c) dmcn[c] = gmcp[n * C + c];
-        for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {           // read g and x: d mc and d ms together
-          const int64_t len = std::min(kBlock, HW - p0);
-          for (int64_t i = 0; i < len; ++i) acc[i] = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t *xr = xn + c * HW + p0, *gr = gn + c * HW + p0;
-            const A w = mcn[c];
-            const A* s = msn + p0;
-            A dot = 0;
-            _Pragma("omp simd reduction(+:dot)")
-            for (int64_t i = 0; i < len; ++i) {
-              const A v = static_cast<A>(gr[i]) * static_cast<A>(xr[i]);
-              acc[i] += v * w;
-              dot += v * s[i];
-            }
-            dmcn[c] += dot;
-          }
-          for (int64_t i = 0; i < len; ++i) dmsn[p0 + i] = acc[i] + gmsp[n * HW + p0 + i];
-        }
-        for (int64_t p = 0; p < HW; ++p) du[p] = dmsn[p] * msn[p] * (A(1) - msn[p]) * sc;
-        conv_kxk_adjoint(du.data(), H, W, wcp, k, dsd.data());
-        conv_kxk_weight_grad(sdp + n * 2 * HW, du.data(), H, W, k, dwcp + n * 2 * k * k, pbuf);
-        A* av = dsd.data() + avg_ch * HW;                        // becomes a = d s_avg / C
-        const A* dmax = dsd.data() + max_ch * HW;
-        for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
-        for (int64_t c = 0; c < C; ++c) {                         // x from cache: the mean route into d mc
-          const scalar_t* xr = xn + c * HW;
-          A s = 0;
-          _Pragma("omp simd reduction(+:s)")
-          for (int64_t p = 0; p < HW; ++p) s += static_cast<A>(xr[p]) * av[p];
-          dmcn[c] += s;
-        }
-        for (int64_t p = 0; p < HW; ++p) dmcn[is[p]] += static_cast<A>(xn[is[p] * HW + p]) * dmax[p];
-        mlp_input_grad(dmcn, mcn, pap + n * C, pmp + n * C, C, hid, w1p, b1p, w2p, t.data(), dz.data(), da.data(),
-                       dm.data());
-        for (int64_t c = 0; c < C; ++c) {                         // g from cache: write dx
-          const A w = mcn[c], off = da[c] / static_cast<A>(HW);
-          const scalar_t* gr = gn + c * HW;
-          scalar_t* dr = dn + c * HW;
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < HW; ++p)
-            dr[p] = static_cast<scalar_t>(static_cast<A>(gr[p]) * w * msn[p] + w * av[p] + off);
-          dr[ic[c]] = static_cast<scalar_t>(static_cast<A>(dr[ic[c]]) + dm[c]);
-        }
-        for (int64_t p = 0; p < HW; ++p) {                        // the spatial max route
-          scalar_t* d = dn + is[p] * HW + p;
-          *d = static_cast<scalar_t>(static_cast<A>(*d) + mcn[is[p]] * dmax[p]);
-        }
-      }
-    });
-  });
-  return {dx, dmc, dms, dwc};
-}
 
 }  // namespace cbam_cpu

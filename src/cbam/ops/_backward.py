@@ -1,0 +1,138 @@
+"""The fused op's backward over the kernels of :mod:`._forward`.
+
+Saved from the forward: x, the two gates, the pooled descriptors (small), the argmax routes and,
+with the fused block tail, the output ``out = relu(y + identity)`` (the next layer keeps it
+anyway), whose sign masks the incoming gradient. Per sample on the CPU (C++), g and x come from
+DRAM once; elsewhere three passes: ``bwd_reduce`` (read g, x), ``row_dot`` (read x) and
+``input_grad`` (read g, write dx).
+"""
+from types import ModuleType
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _forward as F
+from ._forward import acc_arg, kernels_for, memory_format
+from ._small import conv_output_grad, mlp_backward, spatial_backward
+
+
+class Saved(NamedTuple):
+    """What the forward keeps for the backward (``out`` is None without the block tail)."""
+    x: Tensor
+    out: Optional[Tensor]
+    mc: Tensor
+    ms: Tensor
+    p_avg: Tensor
+    p_max: Tensor
+    idx_c: Tensor
+    sd: Tensor
+    idx_s: Tensor
+    bmean: Tensor
+    bvar: Tensor
+    pre: Tensor
+    w1: Tensor
+    b1: Optional[Tensor]
+    w2: Tensor
+    b2: Optional[Tensor]
+    wc: Tensor
+    bc: Optional[Tensor]
+    bn_w: Optional[Tensor]
+
+
+def backward(gy: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool, eps: float,
+             max_first: bool) -> List[Tensor]:
+    """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity] (empty tensors where an input is absent)."""
+    x = s.x
+    g = gy.contiguous(memory_format=memory_format(x))
+    K = kernels_for(x)
+    # per sample, the MLP's input gradient is three mat-vecs per sample: past ~1 MB of MLP weights
+    # (C = 2048) the batched matmuls of the three-pass path win; channels_last has only per-sample kernels
+    if F.per_sample(K, x) and (not x.is_contiguous() or 2 * s.w1.numel() * 4 <= 1 << 20):
+        return _backward_samples(K, g, gmc, gms, s, use_bn, training, eps, max_first)
+    return _backward_passes(K, g, gmc, gms, s, use_bn, training, eps, max_first)
+
+
+def _backward_passes(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool,
+                     eps: float, max_first: bool) -> List[Tensor]:
+    x, mc, ms = s.x, s.mc, s.ms
+    n, c, h, w = x.shape
+    hw = h * w
+    d_id = None
+    if s.out is not None:  # relu's backward: the gradient passes where the block output is positive
+        g = d_id = g * (s.out > 0)
+    r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
+    dmc = r_c + gmc
+    dms = r_s.view(n, 1, h, w) + gms
+    dsd, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms, ms, s.sd, s.wc, s.bc, s.bn_w, use_bn, training, s.bmean,
+                                                   s.bvar, eps, conv_grad=getattr(K, "conv_backward", None))
+    d_avg, d_max = (dsd[:, 1], dsd[:, 0]) if max_first else (dsd[:, 0], dsd[:, 1])
+    a = (d_avg / c).reshape(n, hw).contiguous()
+    d_max = d_max.reshape(n, hw).contiguous()
+    dmc = dmc + K.row_dot(x, a)                                      # read x
+    idx = s.idx_s.long()
+    x_at = x.flatten(2).gather(1, idx[:, None, :])[:, 0].to(dmc.dtype)  # N*HW elements, not a pass
+    dmc = dmc.scatter_add(1, idx, x_at * d_max)
+    d_avg_c, d_max_c, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
+    dx = K.input_grad(g, mc, ms.view(n, hw), a, (d_avg_c / hw).contiguous(), s.idx_s, d_max,
+                      s.idx_c, d_max_c.contiguous())                 # read g, write dx
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id, s, use_bn)
+
+
+def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool,
+                      eps: float, max_first: bool) -> List[Tensor]:
+    """The input gradient per sample in C++ (g and x read from DRAM once); the weight gradients from
+    the returned gate gradients with small batched ops. Training-mode BN couples the samples through
+    its statistics: pass A runs first over all samples, then the rest per sample with the BN's du."""
+    x, mc = s.x, s.mc
+    n, c, h, w = x.shape
+    acc = mc.dtype
+    cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
+    d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731  (saved outputs come back with a grad_fn)
+    ms2, out = d(s.ms).view(n, h * w), (x.new_empty(0) if s.out is None else s.out)
+    gmc, gms2 = d(gmc), d(gms).view(n, h * w)
+    weights = (cast(s.w1), cast(s.b1), cast(s.w2), cast(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
+    saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
+    if use_bn and training:
+        dmc, dms = K.backward_reduce_samples(g, out, x, d(mc), ms2, gmc, gms2)
+        du, dbn_w, dbn_b = conv_output_grad(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn, training,
+                                            s.bmean, s.bvar, eps)
+        dx, d_id, dmc, _, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, dmc, gms2, *weights, 1.0,
+                                                   max_first, d(du).view(n, h * w))
+        dbc = du.sum().reshape(1) if s.bc is not None else None
+    else:
+        scale = float((s.bvar.double() + eps).rsqrt() * s.bn_w.double()) if use_bn else 1.0
+        dx, d_id, dmc, dms, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, gmc, gms2, *weights, scale,
+                                                     max_first, x.new_empty(0, dtype=acc))
+        # the conv's gradients were formed in C++; the rest is elementwise on (N, 1, H, W)
+        _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn,
+                                                   training, s.bmean, s.bvar, eps, need_input=False,
+                                                   need_weight=False)
+    _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc.sum(0, keepdim=True), dbc, dbn_w, dbn_b,
+                      None if s.out is None else d_id, s, use_bn)
+
+
+def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
+    """:func:`._small.mlp_backward`, in one C++ parallel region where the kernels have it (as separate
+    torch calls, each of the five matmuls woke the thread pool again)."""
+    if not hasattr(K, "mlp_backward"):
+        return mlp_backward(dmc, s.mc, s.p_avg, s.p_max, s.w1, s.b1, s.w2, s.pre)
+    acc = s.mc.dtype
+    cast = lambda t: acc_arg(t, s.mc, acc)  # noqa: E731
+    d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731
+    d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(s.mc), d(s.p_avg), d(s.p_max), cast(s.w1),
+                                                      cast(s.b1), cast(s.w2), d(s.pre))
+    return d_avg, d_max, dw1, dw2, (None if s.b1 is None else db1), db2
+
+
+def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2: Tensor, dwc: Tensor,
+               dbc: Optional[Tensor], dbn_w: Optional[Tensor], dbn_b: Optional[Tensor], d_id: Optional[Tensor],
+               s: Saved, use_bn: bool) -> List[Tensor]:
+    e = lambda: s.wc.new_empty(0)  # noqa: E731  (a fresh one each: op outputs may not alias)
+    cast = lambda t, ref: e() if ref is None else t.to(ref.dtype)  # noqa: E731
+    bn = use_bn and s.bn_w is not None
+    return [dx, dw1.to(s.w1.dtype), cast(db1, s.b1), dw2.to(s.w2.dtype), cast(db2, s.b2), dwc.to(s.wc.dtype),
+            cast(dbc, s.bc), cast(dbn_w, s.bn_w) if bn else e(), cast(dbn_b, s.bn_w) if bn else e(),
+            s.x.new_empty(0) if d_id is None else d_id]

@@ -1,0 +1,144 @@
+"""Which kernels run the fused op for a tensor, and its forward written over them.
+
+Kernels: C++ (CPU, contiguous NCHW or channels_last), Triton (CUDA, contiguous NCHW) and torch
+ops for everything else. On the CPU the whole forward runs per sample while the sample is in
+cache (:func:`per_sample`), and without a pending gradient (``need_idx=False``) no argmax routes
+are tracked. With an ``identity`` the last pass also forms the residual block's tail,
+``relu(y + identity)``.
+"""
+from types import ModuleType
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from . import _cpu, _cpuinfo
+from . import _torch_kernels as TK
+from ._small import mlp_forward, spatial_forward
+
+
+def _llc_bytes(threads: int) -> int:
+    """The last-level cache that ``threads`` threads can count on (their share of it, see
+    :func:`._cpuinfo.llc_bytes`): decides whether a sample stays cached between passes."""
+    return _cpuinfo.llc_bytes(threads)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The layout the kernels read ``x`` in: NCHW when contiguous, else channels_last."""
+    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
+
+
+def _triton():
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from . import _triton_kernels
+        return _triton_kernels if _triton_kernels.AVAILABLE else None
+    except ImportError:
+        return None
+
+
+def kernels_for(x: Tensor) -> ModuleType:
+    """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW) or torch."""
+    if x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        mod = _cpu.load()
+        if mod is not None:
+            return mod
+    if x.device.type == "cuda" and x.is_contiguous():
+        tri = _triton()
+        if tri is not None:
+            return tri
+    return TK
+
+
+def backend_name(x: Tensor) -> str:
+    k = kernels_for(x)
+    return "torch" if k is TK else ("triton" if x.device.type == "cuda" else "cpp")
+
+
+def per_sample(K: ModuleType, x: Tensor) -> bool:
+    """Whether the C++ per-sample kernels run: always for channels_last (they are its only C++
+    kernels: a pass over a sample's pixel rows is as cheap cached or not), and for NCHW when there
+    are enough samples to keep every thread busy and a sample stays in the last-level cache
+    between the passes."""
+    if not hasattr(K, "forward_samples"):
+        return False
+    if not x.is_contiguous():
+        return True
+    n, threads = x.shape[0], torch.get_num_threads()
+    sample_bytes = x[0].numel() * x.element_size()
+    return (n % threads == 0 or n >= 4 * threads) and n >= threads and \
+        sample_bytes * threads <= _llc_bytes(threads) // 2
+
+
+def mlp_group(x: Tensor, w1: Tensor) -> int:
+    """How many samples the per-sample forward pools before one batched MLP call (1: per sample).
+    With ~2 MB of MLP weights (C = 2048) a (G, C) x (C, hid) matmul beats G mat-vecs once G >= 8
+    (below that BLAS is slower); the G samples (a thread's share, in equal groups that fit half
+    the last-level cache across threads) wait in cache for the rest of the forward."""
+    n, threads = x.shape[0], torch.get_num_threads()
+    share = -(-n // threads)
+    fit = max(1, _llc_bytes(threads) // (2 * threads) // max(1, x[0].numel() * x.element_size()))
+    g = -(-share // -(-share // fit))  # equal groups of at most `fit`
+    return g if g >= 8 and w1.numel() >= 1 << 17 else 1
+
+
+def acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:
+    """A weight as the C++ kernels take it: contiguous, in the accumulation dtype; None -> empty."""
+    return x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()
+
+
+def no_idx(x: Tensor) -> Tensor:
+    return x.new_empty(0, dtype=torch.int32)
+
+
+def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+            wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
+            rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool, need_idx: bool = True,
+            identity: Optional[Tensor] = None) -> List[Tensor]:
+    """-> [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bn mean, bn var, MLP pre-activations]."""
+    n, c, h, w = x.shape
+    if identity is not None:
+        identity = identity.contiguous(memory_format=memory_format(x))
+    if per_sample(K, x):
+        return _forward_samples(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
+                                need_idx, identity)
+    p_avg, p_max, idx_c = K.channel_pool(x)
+    mc, pre = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
+    s_avg, s_max, idx_s = K.spatial_pool(x, mc, need_idx)
+    sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
+    ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
+    y = K.apply(x, mc, ms.view(n, h * w))
+    if identity is not None:
+        y = torch.relu_(y.add_(identity))
+    if not need_idx:  # inference: the argmax routes and pre-activations are only for backward
+        idx_c, idx_s, pre = no_idx(x), no_idx(x), pre.new_empty(0)
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]
+
+
+def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                     wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
+                     rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
+                     max_first: bool, need_idx: bool, identity: Optional[Tensor]) -> List[Tensor]:
+    """The whole forward per sample in C++ (cbam_sample.cpp); eval-mode BN is folded into the
+    conv's output affine, training-mode BN needs the batch statistics before the gate is applied."""
+    n, c, h, w = x.shape
+    acc = TK.acc_dtype(x)
+    cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
+    scale, shift, bn_train = 1.0, 0.0, use_bn and training
+    if use_bn and not training:
+        inv = (rv.double() + eps).rsqrt() * bn_w.double()
+        scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
+    ident = x.new_empty(0) if identity is None else identity
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre = K.forward_samples(
+        x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
+        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, mlp_group(x, w1), ident)
+    ms = ms.view(n, 1, h, w)
+    bmean, bvar = ms.new_zeros(1), ms.new_zeros(1)
+    if use_bn and not training:
+        bmean, bvar = rm.to(acc).reshape(1).clone(), rv.to(acc).reshape(1).clone()
+    if bn_train:  # the ms slot holds the conv output u
+        bmean, bvar = ms.mean().reshape(1), ms.var(unbiased=False).reshape(1)
+        ms = torch.sigmoid((ms - bmean) * torch.rsqrt(bvar + eps) * bn_w.to(acc) + bn_b.to(acc))
+        y = K.apply_samples(x, mc, ms.view(n, h * w), ident)
+    return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]

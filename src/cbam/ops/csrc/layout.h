@@ -1,0 +1,228 @@
+// The passes over one sample's x for the two memory layouts the per-sample kernels take.
+//   NCHW (contiguous):      x[c * HW + p], a channel is a contiguous row of HW pixels;
+//   NHWC (channels_last):   x[p * C + c], a pixel is a contiguous row of C channels.
+// Each policy offers the same five passes (forward: pool_channels, pool_pixels, apply; backward:
+// reduce, row_dot, input_grad) and `at` for the max-pool routes, so cbam_sample.cpp writes the
+// orchestration once. In NHWC the per-pixel channel statistics of the spatial gate are contiguous
+// reductions and the per-channel ones are vector accumulations over rows: no strided access in
+// either layout. T is the storage type (float, double, half, bfloat16), A the accumulation type.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "pool.h"
+
+namespace cbam_cpu {
+namespace sample {
+
+// The gradient reaching y = x * mc * ms. With the fused block tail (out = relu(y + identity)) it is
+// the incoming gradient where out > 0 and 0 elsewhere, as relu's backward gives; o == nullptr: no tail.
+template <typename T, typename A>
+inline A grad_at(const T* g, const T* o, int64_t i) {
+  const A v = static_cast<A>(g[i]);
+  return (o == nullptr || static_cast<A>(o[i]) > A(0)) ? v : A(0);
+}
+
+// y = x * w * s, or relu(y + id) with the fused block tail.
+template <typename T, typename A>
+inline T gated(T x, A w, A s, const T* id, int64_t i) {
+  const A v = static_cast<A>(x) * w * s;
+  return static_cast<T>(id == nullptr ? v : std::max(v + static_cast<A>(id[i]), A(0)));
+}
+
+template <typename A>
+struct Scratch {  // per-thread buffers of the pixel passes
+  std::vector<A> s, m;
+  std::vector<int32_t> k;
+  Scratch(int64_t C) : s(std::max(kBlock, C)), m(kBlock), k(kBlock) {}
+};
+
+struct NCHW {
+  static int64_t at(int64_t c, int64_t p, int64_t /*C*/, int64_t HW) { return c * HW + p; }
+
+  // Per channel: mean, max and first argmax over the HW pixels.
+  template <typename T, typename A>
+  static void pool_channels(const T* x, int64_t C, int64_t HW, bool need_idx, A* avg, A* mx, int32_t* ic) {
+    for (int64_t c = 0; c < C; ++c) row_pool(x + c * HW, HW, need_idx, avg + c, mx + c, need_idx ? ic + c : nullptr);
+  }
+
+  // Per pixel: mean, max and first argmax channel of x * mc.
+  template <typename T, typename A>
+  static void pool_pixels(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg, A* s_max,
+                          int32_t* is, Scratch<A>& w) {
+    for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
+      const int64_t len = std::min(kBlock, HW - p0);
+      spatial_block(x + p0, C, HW, len, mc, need_idx, w.s.data(), s_max + p0, w.k.data());
+      for (int64_t i = 0; i < len; ++i) s_avg[p0 + i] = w.s[i] / static_cast<A>(C);
+      if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is + p0);
+    }
+  }
+
+  template <typename T, typename A>
+  static void apply(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, const T* id, T* y) {
+    for (int64_t c = 0; c < C; ++c) {
+      const A w = mc[c];
+      const T* xr = x + c * HW;
+      const T* ir = id ? id + c * HW : nullptr;
+      T* yr = y + c * HW;
+      _Pragma("omp simd")
+      for (int64_t p = 0; p < HW; ++p) yr[p] = gated(xr[p], w, ms[p], ir, p);
+    }
+  }
+
+  // dmc[c] += sum_p g x ms[p];  dms[p] += sum_c g x mc[c]  (one read of g and x).
+  template <typename T, typename A>
+  static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
+                     A* dms, Scratch<A>& w) {
+    A* acc = w.s.data();
+    for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
+      const int64_t len = std::min(kBlock, HW - p0);
+      for (int64_t i = 0; i < len; ++i) acc[i] = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = c * HW + p0;
+        const A wc = mc[c];
+        A dot = 0;
+        _Pragma("omp simd reduction(+:dot)")
+        for (int64_t i = 0; i < len; ++i) {
+          const A v = grad_at<T, A>(g, o, r + i) * static_cast<A>(x[r + i]);
+          acc[i] += v * wc;
+          dot += v * ms[p0 + i];
+        }
+        dmc[c] += dot;
+      }
+      for (int64_t i = 0; i < len; ++i) dms[p0 + i] += acc[i];
+    }
+  }
+
+  // dmc[c] += sum_p x[c, p] a[p]
+  template <typename T, typename A>
+  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xr = x + c * HW;
+      A s = 0;
+      _Pragma("omp simd reduction(+:s)")
+      for (int64_t p = 0; p < HW; ++p) s += static_cast<A>(xr[p]) * a[p];
+      dmc[c] += s;
+    }
+  }
+
+  // dx = g mc ms + mc a[p] + off[c]; did = g (both before the max-pool routes).
+  template <typename T, typename A>
+  static void input_grad(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
+                         const A* off, T* dx, T* did) {
+    for (int64_t c = 0; c < C; ++c) {
+      const A w = mc[c], b = off[c];
+      const int64_t r = c * HW;
+      _Pragma("omp simd")
+      for (int64_t p = 0; p < HW; ++p) {
+        const A gv = grad_at<T, A>(g, o, r + p);
+        dx[r + p] = static_cast<T>(gv * w * ms[p] + w * a[p] + b);
+        if (did) did[r + p] = static_cast<T>(gv);
+      }
+    }
+  }
+};
+
+struct NHWC {
+  static int64_t at(int64_t c, int64_t p, int64_t C, int64_t /*HW*/) { return p * C + c; }
+
+  // Per channel over the HW pixel rows: running sum, max and first argmax in C-long vectors.
+  template <typename T, typename A>
+  static void pool_channels(const T* x, int64_t C, int64_t HW, bool need_idx, A* avg, A* mx, int32_t* ic) {
+    for (int64_t c = 0; c < C; ++c) { avg[c] = 0; mx[c] = -std::numeric_limits<A>::infinity(); }
+    if (need_idx) std::fill(ic, ic + C, 0);
+    for (int64_t p = 0; p < HW; ++p) {
+      const T* row = x + p * C;
+      if (need_idx) {
+        const int32_t pi = static_cast<int32_t>(p);
+        _Pragma("omp simd")
+        for (int64_t c = 0; c < C; ++c) {
+          const A v = static_cast<A>(row[c]);
+          avg[c] += v;
+          const bool gt = v > mx[c];  // strict: the first maximum keeps the route
+          mx[c] = gt ? v : mx[c];
+          ic[c] = gt ? pi : ic[c];
+        }
+      } else {
+        _Pragma("omp simd")
+        for (int64_t c = 0; c < C; ++c) {
+          const A v = static_cast<A>(row[c]);
+          avg[c] += v;
+          mx[c] = v > mx[c] ? v : mx[c];
+        }
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) avg[c] /= static_cast<A>(HW);
+  }
+
+  // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool).
+  template <typename T, typename A>
+  static void pool_pixels(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg, A* s_max,
+                          int32_t* is, Scratch<A>& w) {
+    A* t = w.s.data();
+    for (int64_t p = 0; p < HW; ++p) {
+      const T* row = x + p * C;
+      _Pragma("omp simd")
+      for (int64_t c = 0; c < C; ++c) t[c] = static_cast<A>(row[c]) * mc[c];
+      row_pool(t, C, need_idx, s_avg + p, s_max + p, need_idx ? is + p : nullptr);
+    }
+  }
+
+  template <typename T, typename A>
+  static void apply(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, const T* id, T* y) {
+    for (int64_t p = 0; p < HW; ++p) {
+      const A s = ms[p];
+      const int64_t r = p * C;
+      const T* ir = id ? id + r : nullptr;
+      _Pragma("omp simd")
+      for (int64_t c = 0; c < C; ++c) y[r + c] = gated(x[r + c], mc[c], s, ir, c);
+    }
+  }
+
+  template <typename T, typename A>
+  static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
+                     A* dms, Scratch<A>& /*w*/) {
+    for (int64_t p = 0; p < HW; ++p) {
+      const A s = ms[p];
+      const int64_t r = p * C;
+      A dot = 0;
+      _Pragma("omp simd reduction(+:dot)")
+      for (int64_t c = 0; c < C; ++c) {
+        const A v = grad_at<T, A>(g, o, r + c) * static_cast<A>(x[r + c]);
+        dmc[c] += v * s;
+        dot += v * mc[c];
+      }
+      dms[p] += dot;
+    }
+  }
+
+  template <typename T, typename A>
+  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
+    for (int64_t p = 0; p < HW; ++p) {
+      const A ap = a[p];
+      const T* row = x + p * C;
+      _Pragma("omp simd")
+      for (int64_t c = 0; c < C; ++c) dmc[c] += static_cast<A>(row[c]) * ap;
+    }
+  }
+
+  template <typename T, typename A>
+  static void input_grad(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
+                         const A* off, T* dx, T* did) {
+    for (int64_t p = 0; p < HW; ++p) {
+      const A s = ms[p], ap = a[p];
+      const int64_t r = p * C;
+      _Pragma("omp simd")
+      for (int64_t c = 0; c < C; ++c) {
+        const A gv = grad_at<T, A>(g, o, r + c);
+        dx[r + c] = static_cast<T>(gv * mc[c] * s + mc[c] * ap + off[c]);
+        if (did) did[r + c] = static_cast<T>(gv);
+      }
+    }
+  }
+};
+
+}  // namespace sample
+}  // namespace cbam_cpu
