@@ -1,38 +1,65 @@
-"""The `cbam` command line: train, eval, compare, demo (and bench, viz, export, ablate when present)."""
+"""The `cbam` command line: train, eval, compare, demo, viz, ablate, export, bench.
+
+Expected failures (bad flags or files, a diverged run, a full disk) end as one line
+on stderr and exit code 2; ``--debug`` or ``CBAM_DEBUG=1`` shows the traceback.
+"""
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 from .train.config import TrainConfig
 
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags (``--epoch 1`` must not run ``--epochs 1``), and usage errors in one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (--batch-size, --no-hflip, ...)."""
+    """One flag per TrainConfig field (--batch-size, --no-hflip, ...). Values stay strings here:
+    TrainConfig coerces and checks them, the same way as the values of a config file."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if f.type in (bool, "bool"):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"(default {default})")
         elif f.name == "attention_kwargs":
-            p.add_argument(flag, dest=f.name, type=json.loads, default=None, help="JSON, e.g. '{\"reduction\": 8}'")
+            p.add_argument(flag, dest=f.name, default=None, metavar="JSON", help="e.g. '{\"reduction\": 8}'")
         else:
-            typ = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), None)
-            if typ is None:
-                typ = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            p.add_argument(flag, dest=f.name, type=typ, default=None, help=f"(default {default})")
+            p.add_argument(flag, dest=f.name, default=None, help=f"(default {default})")
 
 
 def _config_from_args(a: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(a.config).to_dict() if a.config else TrainConfig().to_dict()
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(a, f.name, None)
-        if v is not None:
-            base[f.name] = v
+    base.update({k: v for k in _FIELDS if (v := getattr(a, k, None)) is not None})
     return TrainConfig.from_dict(base)
+
+
+def load_run_model(path: str, split: str = "test", data: Optional[str] = None,
+                   data_root: Optional[str] = None) -> Tuple[Any, TrainConfig, Any]:
+    """(model in eval mode, config, dataset ``split``) of a run folder's last checkpoint."""
+    from .data import load_dataset
+    from .train import build_model
+    from .train.checkpoint import latest_checkpoint, load_weights
+    from .train.report import load_run
+    run = load_run(path)
+    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in _FIELDS})
+    ck = latest_checkpoint(path)
+    if ck is None:
+        raise FileNotFoundError(f"{path} has no checkpoint yet")
+    ds = load_dataset(data or cfg.data, split, data_root or cfg.data_root)
+    return load_weights(build_model(cfg, ds.num_classes, ds.in_chans), ck[1]).eval(), cfg, ds
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -49,20 +76,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     import numpy as np
     from ._io import write_json
-    from .models import load_checkpoint
-    from .train import build_model, evaluate
-    from .train.checkpoint import latest_checkpoint
+    from .train import evaluate
     from .train.metrics import plot_confusion
-    from .train.report import load_run
-    from .data import load_dataset
-    run = load_run(a.run)
-    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in
-                                 {f.name for f in dataclasses.fields(TrainConfig)}})
-    ck = latest_checkpoint(a.run)
-    if ck is None:
-        raise FileNotFoundError(f"{a.run} has no checkpoint yet")
-    data = load_dataset(a.data or cfg.data, a.split, a.data_root or cfg.data_root)
-    model = load_checkpoint(build_model(cfg, data.num_classes, data.in_chans), ck[1])
+    model, cfg, data = load_run_model(a.run, a.split, a.data, a.data_root)
     ev = evaluate(model, data, image_size=cfg.image_size)
     out = a.out or os.path.join(a.run, "eval")
     os.makedirs(out, exist_ok=True)
@@ -84,22 +100,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.out:
         print(f"\nwritten: {os.path.join(a.out, 'compare.md')}, {os.path.join(a.out, 'compare_curves.png')}")
     return 0
-
-
-def _load_run_model(path: str):
-    """(model, config, dataset of its test split) of a run folder's last checkpoint."""
-    from .data import load_dataset
-    from .models import load_checkpoint
-    from .train import build_model
-    from .train.checkpoint import latest_checkpoint
-    from .train.report import load_run
-    run = load_run(path)
-    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in TrainConfig.__dataclass_fields__})
-    ck = latest_checkpoint(path)
-    if ck is None:
-        raise FileNotFoundError(f"{path} has no checkpoint yet")
-    data = load_dataset(cfg.data, "test", cfg.data_root)
-    return load_checkpoint(build_model(cfg, data.num_classes, data.in_chans), ck[1]).eval(), cfg, data
 
 
 def _viz_images(data, n: int, files=None):
@@ -125,7 +125,7 @@ def _demo_viz(out: str, runs, names):
     from .viz.report import visualize
     models, data = {}, None
     for r, n in zip(runs, names):
-        models[n], _, data = _load_run_model(r["path"])
+        models[n], _, data = load_run_model(r["path"])
     x, titles = _viz_images(data, 6)
     md = visualize(models, x, titles, os.path.join(out, "viz"))
     return [line.replace("](", "](viz/") if line.startswith("![") else line for line in md[1:]]
@@ -135,7 +135,7 @@ def cmd_viz(a: argparse.Namespace) -> int:
     from .viz.report import visualize
     models, data = {}, None
     for path in a.runs:
-        m, cfg, data = _load_run_model(path)
+        m, cfg, data = load_run_model(path)
         models[os.path.basename(os.path.normpath(path))] = m
     x, titles = _viz_images(data, a.n, a.images)
     visualize(models, x, titles, a.out)
@@ -143,19 +143,10 @@ def cmd_viz(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ablate(a: argparse.Namespace) -> int:
-    from .train.ablate import ablate
-    flags = {f.name: getattr(a, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name != "out"}
-    path = ablate("smoke" if a.smoke else a.suite, a.seeds, a.out, a.config, flags, a.shard, a.summary_only)
-    if path:
-        print(f"\nwritten: {path}, summary.csv, summary.json, summary.png")
-    return 0
-
-
 def cmd_export(a: argparse.Namespace) -> int:
     import torch
     from . import export as E
-    model, cfg, data = _load_run_model(a.run)
+    model, cfg, data = load_run_model(a.run)
     size = cfg.image_size or data.image_size
     x = torch.randn(2, data.in_chans, size, size)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
@@ -208,9 +199,44 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- `cbam ablate`: its parser and handler together, beside its recipes in train/ablate.py ----
+def _add_ablate_command(sub: Any) -> None:
+    def run(a: argparse.Namespace) -> int:
+        from .train.ablate import ablate
+        flags = {f.name: getattr(a, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name != "out"}
+        path = ablate("smoke" if a.smoke else a.suite, a.seeds, a.out, a.config, flags, a.shard, a.summary_only)
+        if path:
+            print(f"\nwritten: {path}, summary.csv, summary.json, summary.png")
+        return 0
+
+    ab = sub.add_parser("ablate", help="the paper's comparisons and ablations, several seeds, resumable")
+    ab.add_argument("--suite", default="paper", help="paper (default), smoke, converged, converged-paper, cluttered "
+                                                     "(variants and recipe: src/cbam/train/ablate.py)")
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--smoke", action="store_true", help="two variants, tiny subset: proves the machinery only")
+    ab.add_argument("--shard", help="K/N: train only entries K, K+N, ... of the grid (0 <= K < N), for N machines "
+                                    "sharing --out; 'auto' reads a SLURM array or torchrun's RANK/WORLD_SIZE")
+    ab.add_argument("--summary-only", action="store_true", help="train nothing: merge the runs in --out into the "
+                                                                "summary (after all shards finished)")
+    ab.add_argument("--config", help="recipe file (TrainConfig fields)")
+    _add_config_flags(ab)
+    ab.set_defaults(fn=run)
+# ---- end of `cbam ablate` ----
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cbam", description="CBAM and its attention family: train, evaluate, compare.")
+    p = _Parser(prog="cbam", description="CBAM and its attention family: train, evaluate, compare.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also CBAM_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_run_commands(sub)
+    _add_ablate_command(sub)
+    _add_tool_commands(sub)
+    for sp in sub.choices.values():  # `cbam train ... --debug` works as well as `cbam --debug train ...`
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def _add_run_commands(sub: Any) -> None:
     t = sub.add_parser("train", help="train a model (config dataclass: flags or --config FILE)")
     t.add_argument("--config", help="YAML or JSON file with TrainConfig fields; flags override it")
     _add_config_flags(t)
@@ -238,18 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=6, help="number of dataset images")
     v.add_argument("--out", default="runs/viz")
     v.set_defaults(fn=cmd_viz)
-    ab = sub.add_parser("ablate", help="the paper's comparisons and ablations, several seeds, resumable")
-    ab.add_argument("--suite", default="paper", help="paper (default), smoke, converged, converged-paper, cluttered "
-                                                     "(variants and recipe: src/cbam/train/ablate.py)")
-    ab.add_argument("--seeds", type=int, default=3)
-    ab.add_argument("--smoke", action="store_true", help="two variants, tiny subset: proves the machinery only")
-    ab.add_argument("--shard", help="K/N: train only entries K, K+N, ... of the grid (0 <= K < N), for N machines "
-                                    "sharing --out; 'auto' reads a SLURM array or torchrun's RANK/WORLD_SIZE")
-    ab.add_argument("--summary-only", action="store_true", help="train nothing: merge the runs in --out into the "
-                                                                "summary (after all shards finished)")
-    ab.add_argument("--config", help="recipe file (TrainConfig fields)")
-    _add_config_flags(ab)
-    ab.set_defaults(fn=cmd_ablate)
+
+
+def _add_tool_commands(sub: Any) -> None:
     x = sub.add_parser("export", help="ONNX (checked in onnxruntime), TorchScript or torch.export of a run")
     x.add_argument("run")
     x.add_argument("--format", default="onnx", choices=["onnx", "script", "trace", "program"])
@@ -270,20 +287,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: checks the machinery only")
     b.add_argument("--out", help="also write the markdown table here")
     b.set_defaults(fn=cmd_bench)
-    return p
+
+
+def _after_interrupt(a: argparse.Namespace) -> str:
+    """What continues the interrupted command, in its own terms (empty: nothing to continue)."""
+    if a.cmd == "train":
+        return ("rerun the same command" + ("" if a.resume else " with --resume") +
+                " to continue from the last checkpoint")
+    if a.cmd == "demo":
+        return "rerun `cbam demo" + (f" --out {a.out}" if a.out != "runs/demo" else "") + \
+            "` (without --fresh) to continue: finished variants are kept"
+    if a.cmd == "ablate":
+        return "rerun the same command to continue: finished runs are skipped"
+    return ""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .train.loop import TrainingDiverged
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the message names `cbam train`, not `cbam`
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    from .train.checkpoint import TrainingDiverged
+    debug = args.debug or os.environ.get("CBAM_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, TrainingDiverged) as e:
-        print(f"cbam {args.cmd}: error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, TrainingDiverged) else 3
     except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        hint = _after_interrupt(args)
+        print(f"cbam {args.cmd}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+    except (ValueError, OSError, ImportError, TrainingDiverged) as e:  # expected: bad input, disk, missing extra
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+        print(f"cbam {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -104,17 +104,57 @@ def _targets(model: nn.Module, where: Where) -> List[Tuple[str, nn.Module, Optio
     return [(n, mods[n], None) for n in names]
 
 
+def _existing_attention(target: nn.Module, block: Optional[nn.Module]) -> Optional[str]:
+    """What attention already acts at this place: the block's ``attn`` / timm's ``se`` slot, or an
+    earlier insertion after ``target``."""
+    if hasattr(target, "inserted_attention"):
+        return type(target.inserted_attention).__name__
+    for slot in ("attn", "se"):
+        m = getattr(block, slot, None) if block is not None else None
+        if isinstance(m, nn.Module) and not isinstance(m, nn.Identity):
+            return f"{slot} = {type(m).__name__}"
+    return None
+
+
+def _check_free(name: str, target: nn.Module, block: Optional[nn.Module]) -> None:
+    existing = _existing_attention(target, block)
+    if existing:
+        raise ValueError(f"{name}: the network already has attention here ({existing}); pass replace=True to "
+                         "swap it, or call remove_attention first")
+
+
+def _place(target: nn.Module, block: Optional[nn.Module], att: nn.Module) -> None:
+    if hasattr(target, "inserted_attention"):
+        target.inserted_attention = att  # replacing: the hook is registered already
+        return
+    for slot in ("attn", "se"):
+        if block is not None and isinstance(getattr(block, slot, None), nn.Module):
+            setattr(block, slot, att)  # the block's own slot (an empty nn.Identity, or replaced)
+            return
+    target.inserted_attention = att
+    target.register_forward_hook(_apply_inserted)
+
+
 def insert_attention(model: nn.Module, attention: AttentionSpec = "cbam", where: Where = None,
-                     identity_init: bool = True, **attention_kwargs: Any) -> Tuple[nn.Module, InsertionReport]:
+                     identity_init: bool = True, replace: bool = False,
+                     **attention_kwargs: Any) -> Tuple[nn.Module, InsertionReport]:
     """Insert an attention module after the last norm of every residual branch (default) or
     after the modules named in / selected by ``where``. Modifies ``model`` in place.
+
+    A place that already has attention (a block's ``attn``/``se`` module or an earlier
+    insertion) is an error, since stacking a second module is rarely meant; ``replace=True``
+    swaps the existing one for the new one.
 
     Returns ``(model, report)``; ``report`` lists each insertion and the parameters added.
     Existing keys of the state dict are unchanged, so a pretrained checkpoint still loads
     (before insertion, or with ``strict=False`` after it).
     """
     report = InsertionReport()
-    for name, target, block in _targets(model, where):
+    targets = _targets(model, where)
+    if not replace:  # check every place before changing any, so an error leaves the model as it was
+        for name, target, block in targets:
+            _check_free(name, target, block)
+    for name, target, block in targets:
         kwargs = dict(attention_kwargs)
         channels = kwargs.pop("channels", None) or _channels_of(target)
         att = create_attention(attention, channels, **kwargs)
@@ -124,14 +164,7 @@ def insert_attention(model: nn.Module, attention: AttentionSpec = "cbam", where:
         if identity_init:
             att = IdentityInitAttention(att, channels).to(device=p.device if p is not None else None)
         kind = type(att.attn if identity_init else att).__name__
-        slot = getattr(block, "attn", None) if block is not None else None
-        if isinstance(slot, nn.Identity):  # a cbam ResNet block with an empty slot
-            block.attn = att
-        else:
-            if hasattr(target, "inserted_attention"):
-                raise ValueError(f"{name} already has inserted attention; call remove_attention first")
-            target.inserted_attention = att
-            target.register_forward_hook(_apply_inserted)
+        _place(target, block, att)
         report.entries.append((name, kind, channels, sum(q.numel() for q in att.parameters())))
     return model, report
 

@@ -129,8 +129,9 @@ def describe_run(out: str) -> Optional[str]:
     ck = latest_checkpoint(out) if os.path.exists(os.path.join(out, MANIFEST)) else None
     if ck:
         return f"a run with {ck[0]} finished epoch(s)"
-    if any(os.path.exists(os.path.join(out, f)) for f in RUN_FILES):
-        return "the files of an earlier run"
+    if _epoch_files(os.path.join(out, "checkpoints")) or any(
+            os.path.exists(os.path.join(out, f)) for f in ("config.json", "metrics.csv")):
+        return "the files of an earlier run"  # an empty checkpoints/ alone is a run that failed before epoch 1
     return None
 
 

@@ -49,8 +49,6 @@ def train(cfg: TrainConfig, data: Optional[Tuple[Dataset, Dataset]] = None) -> R
     rank, world, device = D.setup()
     main, tb = rank == 0, None
     try:
-        if main:
-            prepare_run_folder(cfg.out, cfg.overwrite)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -62,6 +60,8 @@ def train(cfg: TrainConfig, data: Optional[Tuple[Dataset, Dataset]] = None) -> R
         opt = build_optimizer(cfg, model)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         loader, steps = make_loader(cfg, train_set, size, rank, world)
+        if main:  # only now: a bad model or data argument leaves the folder (and an --overwrite'd run) alone
+            prepare_run_folder(cfg.out, cfg.overwrite)
         start_epoch, history = resume_from(cfg, model, opt, scaler)
         net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
         if main:
