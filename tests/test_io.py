@@ -36,3 +36,17 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
         atomic_write(p, bad)
     assert p.read_text() == "good"
     assert sorted(os.listdir(tmp_path)) == ["ckpt.bin"]
+
+
+def test_temporaries_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
+    from cbam._io import remove_temporaries
+    import tempfile
+    # exactly the name atomic_write gives its temporary, as a kill -9 mid-write leaves it
+    fd, left = tempfile.mkstemp(prefix=".ckpt.bin.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    keep = ["ckpt.bin", "notes.tmp", ".hidden.tmp", ".a.b.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("x")
+    assert remove_temporaries(tmp_path) == [left]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
+    assert remove_temporaries(tmp_path / "missing") == []
