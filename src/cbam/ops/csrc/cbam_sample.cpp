@@ -128,7 +128,7 @@ struct Backward {
     const A* mcn = mc + n * C;
     A* dmcn = dmc + n * C;
     const int32_t *isn = is + n * HW, *icn = ic + n * C;
-    conv_kxk_adjoint(du, H, W, wc, k, b.dsd.data());
+    conv_kxk_adjoint(du, H, W, wc, k, b.dsd.data(), b.pbuf);
     conv_kxk_weight_grad(sd + n * 2 * HW, du, H, W, k, dwc + n * 2 * k * k, b.pbuf);
     A* av = b.dsd.data() + avg_ch * HW;  // becomes a = d s_avg / C
     const A* dmax = b.dsd.data() + max_ch * HW;
@@ -396,7 +396,7 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
       std::vector<scalar_t> pbuf;
       for (int64_t n = b; n < e; ++n) {
-        conv_kxk_adjoint(dup + n * HW, H, W, wcp, k, dsdp + n * 2 * HW);
+        conv_kxk_adjoint(dup + n * HW, H, W, wcp, k, dsdp + n * 2 * HW, pbuf);
         conv_kxk_weight_grad(sdp + n * 2 * HW, dup + n * HW, H, W, k, dwp + n * 2 * k * k, pbuf);
       }
     });

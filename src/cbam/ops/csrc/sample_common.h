@@ -62,33 +62,33 @@ inline void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at:
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
 
-// Copies the (2, H, W) map `in` into buf as (2, H + 2p, Wp) with zero borders (p = k / 2; Wp leaves
+// Copies the (ch, H, W) map `in` into buf as (ch, H + 2p, Wp) with zero borders (p = k / 2; Wp leaves
 // room for a full 16-lane block past the last column), so the k x k taps need no bounds checks.
 template <typename A>
-inline void pad_map(const A* in, int64_t H, int64_t W, int64_t k, std::vector<A>& buf, int64_t& Hp, int64_t& Wp) {
+inline void pad_map(const A* in, int64_t ch, int64_t H, int64_t W, int64_t k, std::vector<A>& buf, int64_t& Hp,
+                    int64_t& Wp) {
   const int64_t pad = k / 2;
   Hp = H + 2 * pad;
   Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
-  buf.assign(2 * Hp * Wp, A(0));
-  for (int64_t ci = 0; ci < 2; ++ci)
+  buf.assign(ch * Hp * Wp, A(0));
+  for (int64_t ci = 0; ci < ch; ++ci)
     for (int64_t y = 0; y < H; ++y)
       std::copy(in + (ci * H + y) * W, in + (ci * H + y + 1) * W, buf.data() + (ci * Hp + y + pad) * Wp + pad);
 }
 
-// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2:
-// each block of 16 outputs accumulates all 2 k^2 taps in registers (one store per output).
+// out[y, x] = bias + sum_{c, dy, dx} P[c, y + dy, x + dx] w[c, dy, dx] over a padded (ch, Hp, Wp) map P:
+// each block of 16 outputs accumulates all ch k^2 taps in registers (one store per output).
 template <typename A>
-inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(in, H, W, k, buf, Hp, Wp);
+inline void correlate(const A* P, int64_t ch, int64_t Hp, int64_t Wp, const A* w, int64_t k, int64_t H, int64_t W,
+                      A bias, A* out) {
   for (int64_t y = 0; y < H; ++y)
     for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
       A acc[kLanes];
       for (int64_t l = 0; l < kLanes; ++l) acc[l] = bias;
-      for (int64_t ci = 0; ci < 2; ++ci)
+      for (int64_t ci = 0; ci < ch; ++ci)
         for (int64_t dy = 0; dy < k; ++dy) {
-          const A* src = buf.data() + (ci * Hp + y + dy) * Wp + x0;
-          const A* wr = wc + (ci * k + dy) * k;
+          const A* src = P + (ci * Hp + y + dy) * Wp + x0;
+          const A* wr = w + (ci * k + dy) * k;
           for (int64_t dx = 0; dx < k; ++dx) {
             const A wv = wr[dx];
             _Pragma("omp simd")
@@ -100,45 +100,51 @@ inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, 
     }
 }
 
+// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
+template <typename A>
+inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
+  int64_t Hp, Wp;
+  pad_map(in, 2, H, W, k, buf, Hp, Wp);
+  correlate(buf.data(), 2, Hp, Wp, wc, k, H, W, bias, out);
+}
+
 // The kernel's gradient of conv_kxk for one sample: dw[ci, dy, dx] = sum_{y,x} du[y, x] in[ci, y+dy-p, x+dx-p].
-// (torch's conv2d weight gradient took 2-6 ms at (32, 2, 56, 56); this is part of the per-sample pass.)
+// Each tap accumulates 16-lane partial sums in registers over all rows (one horizontal sum per tap, not
+// one per row); du is padded with zeros to whole 16-lane blocks.
 template <typename A>
 inline void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw, std::vector<A>& buf) {
   int64_t Hp, Wp;
-  pad_map(in, H, W, k, buf, Hp, Wp);
+  pad_map(in, 2, H, W, k, buf, Hp, Wp);
+  const int64_t Wb = (W + kLanes - 1) / kLanes * kLanes;
+  std::vector<A> d(H * Wb, A(0));
+  for (int64_t y = 0; y < H; ++y) std::copy(du + y * W, du + (y + 1) * W, d.data() + y * Wb);
   for (int64_t ci = 0; ci < 2; ++ci)
     for (int64_t dy = 0; dy < k; ++dy)
       for (int64_t dx = 0; dx < k; ++dx) {
-        A acc = 0;
+        A a[kLanes] = {};
         for (int64_t y = 0; y < H; ++y) {
-          const A *src = buf.data() + (ci * Hp + y + dy) * Wp + dx, *d = du + y * W;
-          _Pragma("omp simd reduction(+:acc)")
-          for (int64_t x = 0; x < W; ++x) acc += d[x] * src[x];
+          const A *src = buf.data() + (ci * Hp + y + dy) * Wp + dx, *dv = d.data() + y * Wb;
+          for (int64_t x0 = 0; x0 < Wb; x0 += kLanes) {
+            _Pragma("omp simd")
+            for (int64_t l = 0; l < kLanes; ++l) a[l] += dv[x0 + l] * src[x0 + l];
+          }
         }
-        dw[(ci * k + dy) * k + dx] = acc;
+        A s = 0;
+        for (int64_t l = 0; l < kLanes; ++l) s += a[l];
+        dw[(ci * k + dy) * k + dx] = s;
       }
 }
 
-// The adjoint of conv_kxk: din[ci] += correlation's transpose of dout with the same kernel.
+// The adjoint of conv_kxk: din[ci] = the correlation of the padded dout with ci's kernel flipped in both axes.
 template <typename A>
-inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, int64_t k, A* din) {
-  const int64_t pad = k / 2;
-  for (int64_t i = 0; i < 2 * H * W; ++i) din[i] = 0;
-  for (int64_t y = 0; y < H; ++y) {
-    const A* orow = dout + y * W;
-    for (int64_t ci = 0; ci < 2; ++ci)
-      for (int64_t dy = 0; dy < k; ++dy) {
-        const int64_t iy = y + dy - pad;
-        if (iy < 0 || iy >= H) continue;
-        A* irow = din + (ci * H + iy) * W;
-        for (int64_t dx = 0; dx < k; ++dx) {
-          const A wv = wc[(ci * k + dy) * k + dx];
-          const int64_t lo = std::max<int64_t>(0, pad - dx), hi = std::min<int64_t>(W, W + pad - dx);
-          A* dst = irow + dx - pad;
-          _Pragma("omp simd")
-          for (int64_t x = lo; x < hi; ++x) dst[x] += wv * orow[x];
-        }
-      }
+inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, int64_t k, A* din,
+                             std::vector<A>& buf) {
+  int64_t Hp, Wp;
+  pad_map(dout, 1, H, W, k, buf, Hp, Wp);
+  std::vector<A> flipped(k * k);
+  for (int64_t ci = 0; ci < 2; ++ci) {
+    for (int64_t i = 0; i < k * k; ++i) flipped[i] = wc[ci * k * k + k * k - 1 - i];
+    correlate(buf.data(), 1, Hp, Wp, flipped.data(), k, H, W, A(0), din + ci * H * W);
   }
 }
 
