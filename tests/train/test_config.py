@@ -10,7 +10,8 @@ from cbam.train import TrainConfig
 def test_yaml_strings_and_json_floats_are_coerced(tmp_path):
     y = tmp_path / "c.yaml"
     # PyYAML reads 1e-3 (no dot) as a string; "3" and "no" are quoted strings
-    y.write_text('lr: 1e-3\nepochs: "3"\nhflip: "no"\ngrad_clip: null\nthreads: 2.0\nattention_kwargs: {reduction: 4}\n')
+    y.write_text('lr: 1e-3\nepochs: "3"\nhflip: "no"\ngrad_clip: null\nthreads: 2.0\n'
+                 'attention_kwargs: {reduction: 4}\n')
     c = TrainConfig.from_file(str(y))
     assert (c.lr, c.epochs, c.hflip, c.grad_clip, c.threads) == (0.001, 3, False, None, 2)
     assert type(c.epochs) is int and type(c.lr) is float and c.attention_kwargs == {"reduction": 4}
