@@ -5,6 +5,7 @@ import pickle
 import shutil
 
 import pytest
+import torch
 
 import cbam.cli as cli
 from cbam.cli import main
@@ -73,6 +74,8 @@ def test_tampered_state_is_refused_without_suggesting_the_unsafe_fix(run, capsys
     (["ablate", "--suite", "nope", "--out", "{tmp}/a", "--data", "digits"], "nope"),
     (["demo", "--out", "{tmp}/file", "--quick"], "is a file, not a folder"),
     (["eval", "{tmp}/file"], "not a run folder"),
+    pytest.param(["bench", "--device", "cuda", "--smoke"], "--device cuda: no CUDA device here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_each_subcommand_reports_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("x")

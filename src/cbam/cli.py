@@ -185,6 +185,8 @@ def _cuda() -> bool:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
+    if a.device.startswith("cuda") and not _cuda():
+        raise ValueError(f"--device {a.device}: no CUDA device here; use --device cpu")
     shapes = bench.STAGES
     if a.smoke:
         shapes = [(32, 8), (64, 4)]

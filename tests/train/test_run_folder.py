@@ -92,6 +92,11 @@ def test_out_that_is_a_file_or_cannot_be_written(tmp_path, capsys, monkeypatch):
     assert main(["train", *FAST, "--epochs", "1", "--out", str(f / "run")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
 
+    with monkeypatch.context() as m:  # what a read-only folder reports (root passes every permission check)
+        m.setattr(os, "access", lambda path, mode: False)
+        assert main(["train", *FAST, "--epochs", "1", "--out", str(tmp_path / "ro" / "run")]) == 2
+    assert f"--out {tmp_path / 'ro' / 'run'}: no permission to write in {tmp_path}" in capsys.readouterr().err
+
     def full(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("cbam.train.loop.write_json", full)
