@@ -1,10 +1,10 @@
 """Benchmarks of CBAM's cost, run as commands (``cbam bench``), never as timed tests.
 
-Every ratio is measured in one run on one machine: eager reference vs fused,
-forward and forward+backward; both against the memory-traffic bound measured
-here (read and copy bandwidth of the same tensor); bytes saved for backward;
-and ResNet-50 with vs without CBAM (inference and a training step, and the time spent
-inside the CBAM calls). Variants are timed in interleaved rounds (:func:`timed_rounds`).
+Every ratio is measured in one run on one machine: eager reference vs fused, forward and
+forward+backward, at ResNet stage shapes; both against the memory-traffic bound measured here
+(read and copy bandwidth of the same tensor); bytes saved for backward; then whole networks with
+and without attention in each configuration (:mod:`cbam.bench_matrix`). Variants are timed in
+interleaved rounds (:func:`timed_rounds`).
 """
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from .attention import CBAM
-from .models import create_model
 from .ops import backend_name
 
 STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
@@ -142,49 +141,6 @@ def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm
     return rows
 
 
-def network_rows(batch: int, size: int, device: torch.device, reps: int, log: Callable[[str], None]) -> List[Dict]:
-    """ResNet-50 with and without CBAM, all three built first and timed in interleaved rounds."""
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    infer, train, models = {}, {}, []
-    for name, kw in [("resnet50", {}), ("resnet50 + CBAM (reference)", dict(attention="cbam",
-                                                                             attention_kwargs={"impl": "reference"})),
-                     ("resnet50 + CBAM (fused)", dict(attention="cbam", attention_kwargs={"impl": "fused"}))]:
-        torch.manual_seed(0)
-        m = create_model("resnet50", **kw).to(device)
-        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-
-        def inference(m=m):
-            m.eval()
-            with torch.no_grad():
-                return m(x)
-
-        def step(m=m, opt=opt):
-            m.train()
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(m(x), y).backward()
-            opt.step()
-        infer[name], train[name] = inference, step
-        models.append(m)
-    # a network's working set is far larger than any cache: no warm call before each timed one
-    t_inf = timed_rounds(infer, reps, device, warm_each=False)
-    situ = {}  # before any training step: training leaves a larger heap behind, with fewer faults after it
-    if device.type == "cpu":  # hooks time the CBAM calls themselves; on CUDA that would need a sync per call
-        situ = {k: _in_situ(m, infer[k], reps) for k, m in zip(infer, models)}
-    t_train = timed_rounds(train, reps, device, warm_each=False)
-    out = {k: (t_inf[k], t_train[k]) for k in infer}
-    for k, (ti, tt) in out.items():
-        log(f"  {k}: inference {1e3 * ti:.0f} ms, training step {1e3 * tt:.0f} ms")
-    base = out["resnet50"]
-    rows = [{"network": k, "infer_ms": 1e3 * v[0], "train_ms": 1e3 * v[1],
-             "infer_overhead_pct": 100 * (v[0] / base[0] - 1), "train_overhead_pct": 100 * (v[1] / base[1] - 1)}
-            for k, v in out.items()]
-    for r in rows:
-        if r["network"] in situ:
-            r["attn_infer_pct"], r["faults"] = 100 * situ[r["network"]][0] / base[0], situ[r["network"]][1]
-    return rows
-
-
 def allocator_note() -> str:
     """Which CPU allocator settings this process runs with (they change eager and network times)."""
     import os
@@ -192,41 +148,6 @@ def allocator_note() -> str:
                                                                                   "THP_MEM_ALLOC_ENABLE")}
     return "allocator: " + (", ".join(f"{k}={os.path.basename(v) if k == 'LD_PRELOAD' else v}"
                                       for k, v in sorted(env.items())) or "glibc defaults")
-
-
-def _in_situ(model: nn.Module, fn: Callable[[], object], reps: int) -> Tuple[float, Optional[int]]:
-    """Over ``reps`` calls of ``fn`` (one loop for both): the median seconds spent inside the model's
-    CBAM modules (forward hooks: what the attention costs in place, apart from its effect on other
-    layers) and the median minor page faults per call (fresh memory the kernel maps and zeroes on
-    first touch, a large part of a CPU network's time on glibc's defaults; None where the
-    ``resource`` module is missing)."""
-    try:
-        import resource
-        faults: Optional[Callable[[], int]] = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
-    except ImportError:  # not on Windows
-        faults = None
-    spent, start = [0.0], {}
-
-    def pre(mod, _):
-        start[id(mod)] = time.perf_counter()
-
-    def post(mod, _, __):
-        spent[0] += time.perf_counter() - start[id(mod)]
-    handles = [h for mod in model.modules() if isinstance(mod, CBAM)
-               for h in (mod.register_forward_pre_hook(pre), mod.register_forward_hook(post))]
-    runs, counts = [], []
-    try:
-        for _ in range(reps):
-            spent[0] = 0.0
-            f0 = faults() if faults else 0
-            fn()
-            counts.append(faults() - f0 if faults else 0)
-            runs.append(spent[0])
-    finally:
-        for h in handles:
-            h.remove()
-    mid = len(runs) // 2
-    return sorted(runs)[mid], (sorted(counts)[mid] if faults else None)
 
 
 _STAGE_COLS = ["shape", "kernels", "eager fwd ms", "fused fwd ms", "fwd speed-up", "bound fwd ms", "fused/bound",
@@ -242,13 +163,12 @@ def _stage_cells(r: Dict) -> List[str]:
         [f"{r['timm_fwd_ms']:.2f}"] if "timm_fwd_ms" in r else [])
 
 
-def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
+def markdown(stages: List[Dict], header: str) -> str:
     cols = _STAGE_COLS + (["timm fwd ms"] if stages and "timm_fwd_ms" in stages[0] else [])
     lines = [header]
     if stages:
         lines += ["", "| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
         lines += ["| " + " | ".join(_stage_cells(r)) + " |" for r in stages]
-    if stages:
         lines += ["", "Forward columns run under `torch.no_grad()` (inference: the fused op keeps no argmax "
                   "routes); 'grad mode' is the fused forward that keeps them for backward.",
                   "", "Memory bound = 3 reads + 1 write of x (forward) and + 5 reads + 1 write (backward), from the "
@@ -258,38 +178,34 @@ def markdown(stages: List[Dict], nets: List[Dict], header: str) -> str:
                   "MLP by itself on the pooled descriptors (compute, not traffic; outside the bound).",
                   "", "Times are medians of rounds that run every variant once in rotated order (each after an "
                   "untimed call), so a slow phase of the machine hits all variants alike."]
-    if nets:
-        situ = "attn_infer_pct" in nets[0]
-        flt = situ and nets[0].get("faults") is not None
-        lines += ["", "Networks are timed in interleaved rounds too (all three built first)."
-                  + (" 'CBAM calls' is the time inside the CBAM modules during inference (forward hooks), "
-                     "in % of plain ResNet-50's inference: the rest of the overhead is in other layers." if situ
-                     else "") + (" Page faults: minor faults per inference (fresh memory zeroed by the kernel)."
-                                 if flt else ""), "",
-                  "| network | inference ms | overhead |" + (" CBAM calls |" if situ else "")
-                  + (" page faults |" if flt else "") + " training step ms | overhead |",
-                  "|---|---:|---:|" + ("---:|" if situ else "") + ("---:|" if flt else "") + "---:|---:|"]
-        for r in nets:
-            lines.append(f"| {r['network']} | {r['infer_ms']:.1f} | {r['infer_overhead_pct']:+.1f} % | "
-                         + (f"{r['attn_infer_pct']:.1f} % | " if situ else "") + (f"{r['faults']} | " if flt else "")
-                         + f"{r['train_ms']:.1f} | {r['train_overhead_pct']:+.1f} % |")
     return "\n".join(lines)
 
 
 def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: int = 5, network: bool = True,
-              net_batch: int = 8, net_size: int = 224, stages: bool = True, timm_col: bool = True,
-              out: Optional[str] = None, log: Callable[[str], None] = print,
-              shapes: Sequence[Tuple[int, int]] = STAGES) -> str:
-    """Prints and returns the markdown report; ``shapes`` are (C, H=W) stage shapes."""
+              nets: Sequence[str] = ("resnet50", "resnet20"), configs: Optional[Sequence[str]] = None,
+              smoke: bool = False,
+              stages: bool = True, timm_col: bool = True, out: Optional[str] = None,
+              log: Callable[[str], None] = print, shapes: Sequence[Tuple[int, int]] = STAGES) -> str:
+    """Prints and returns the markdown report: fused vs eager CBAM at stage shapes (``shapes``: (C, H=W)),
+    then, on the CPU, the network matrix of :mod:`cbam.bench_matrix`."""
+    from . import bench_matrix as BM
     dev = torch.device(device)
     dt = getattr(torch, dtype)
-    header = (f"## CBAM benchmark: {device} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'}), "
-              f"{torch.get_num_threads()} threads, {dtype}, N={n}, torch {torch.__version__}"
-              + (f"; {allocator_note()}" if dev.type == "cpu" else ""))
+    machine = torch.cuda.get_device_name() if dev.type == "cuda" else BM.cpu_name()
+    header = (f"## CBAM benchmark: {device} ({machine}), {torch.get_num_threads()} threads, {dtype}, N={n}, "
+              f"torch {torch.__version__}" + (f"; {allocator_note()}" if dev.type == "cpu" else ""))
     log(header)
     st = stage_rows(n, dev, dt, reps, timm_col, log, shapes) if stages else []
-    nets = network_rows(net_batch, net_size, dev, reps, log) if network else []
-    md = markdown(st, nets, header)
+    md = markdown(st, header)
+    if network and dev.type == "cpu":
+        cfgs = list(configs or BM.CONFIGS)
+        specs = [BM.SMOKE_NETS[k] if smoke else BM.NETS[k] for k in nets]
+        rows = BM.matrix_rows(specs, cfgs, reps, log)
+        md += "\n\n### Networks: CBAM's overhead by configuration\n" + BM.matrix_markdown(rows, cfgs) + (
+            "\n\nEach cell: the variant's time over plain's in the same configuration, timed in interleaved "
+            "rounds; bf16 is CPU autocast. 'CBAM added bound': one more read of every CBAM input (training: "
+            "plus a read and a write in the backward) at the bandwidth measured here on tensors of those "
+            "sizes, plus the channel MLP's compute, over plain's time.")
     if out:
         from ._io import write_text
         write_text(out, md + "\n")

@@ -184,21 +184,31 @@ def _cuda() -> bool:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from . import bench
+    from . import bench, bench_matrix
     if a.device.startswith("cuda") and not _cuda():
         raise ValueError(f"--device {a.device}: no CUDA device here; use --device cpu")
+    nets, configs = _names(a.nets, bench_matrix.NETS, "--nets"), _names(a.configs, bench_matrix.CONFIGS, "--configs")
     shapes = bench.STAGES
     if a.smoke:
         shapes = [(32, 8), (64, 4)]
-        a.n, a.reps, a.net_batch, a.net_size = 2, 1, 2, 64
+        a.n, a.reps = 2, 1
     if a.device == "cpu":
         print(f"note: {bench.allocator_note()}. Page faults on fresh memory are part of the eager and network "
               "times: glibc's defaults give freed blocks back to the OS, tcmalloc (LD_PRELOAD) or "
               "MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_ keep them. See docs/PERFORMANCE.md")
-    md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, a.net_batch, a.net_size,
+    md = bench.run_bench(a.device, a.n, a.dtype, a.reps, not a.no_network, nets, configs, a.smoke,
                          not a.no_stages, True, a.out, shapes=shapes)
     print("\n" + md)
     return 0
+
+
+def _names(text: str, valid: Any, flag: str) -> List[str]:
+    """A comma-separated list of names, each one of ``valid``."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in valid]
+    if bad or not names:
+        raise ValueError(f"{flag} {text!r}: choose from {', '.join(valid)} (comma-separated)")
+    return names
 
 
 # ---- `cbam ablate`: its parser and handler together, beside its recipes in train/ablate.py ----
@@ -276,15 +286,16 @@ def _add_tool_commands(sub: Any) -> None:
     x.add_argument("--opset", type=int, default=18)
     x.add_argument("--min-size", type=int, default=8, help="smallest dynamic H/W the export must accept")
     x.set_defaults(fn=cmd_export)
-    b = sub.add_parser("bench", help="fused vs eager CBAM, the memory bound, ResNet-50 overhead (a command, "
-                                     "not a test)")
+    b = sub.add_parser("bench", help="fused vs eager CBAM, the memory bound, and CBAM's overhead in networks by "
+                                     "configuration (a command, not a test)")
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
     b.add_argument("--n", type=int, default=32, help="batch of the stage shapes")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--reps", type=int, default=5)
-    b.add_argument("--net-batch", type=int, default=8)
-    b.add_argument("--net-size", type=int, default=224)
-    b.add_argument("--no-network", action="store_true")
+    b.add_argument("--nets", default="resnet50,resnet20", help="networks of the configuration matrix (CPU)")
+    b.add_argument("--configs", default="fp32 NCHW,fp32 channels_last,bf16 NCHW,bf16 channels_last",
+                   help="configurations of the matrix, comma-separated")
+    b.add_argument("--no-network", action="store_true", help="skip the network matrix")
     b.add_argument("--no-stages", action="store_true")
     b.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: checks the machinery only")
     b.add_argument("--out", help="also write the markdown table here")

@@ -203,7 +203,7 @@ def test_compile_fullgraph_and_opcheck():
     torch.testing.assert_close(cm(x), m(x))
     ch, sp, bn = m.channel, m.spatial, m.spatial.bn
     args = (x.requires_grad_(), ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, None,
-            bn.weight, bn.bias, bn.running_mean, bn.running_var, True, False, 1e-5, True, True)
+            bn.weight, bn.bias, bn.running_mean, bn.running_var, True, False, 1e-5, True, True, None)
     torch.library.opcheck(torch.ops.cbam.fused_cbam_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
