@@ -29,12 +29,12 @@ inline A grad_at(const T* g, const T* o, int64_t i) {
 template <typename T, typename A>
 inline T gated(T x, A w, A s, const T* id, int64_t i) {
   const A v = static_cast<A>(x) * w * s;
-  return static_cast<T>(id == nullptr ? v : std::max(v + static_cast<A>(id[i]), A(0)));
+  return to_storage<T>(id == nullptr ? v : std::max(v + static_cast<A>(id[i]), A(0)));
 }
 
 template <typename A>
 struct Scratch {  // per-thread buffers of the pixel passes
-  std::vector<A> s, m;
+  std::vector<A> s, m, t;
   std::vector<int32_t> k;
   Scratch(int64_t C) : s(std::max(kBlock, C)), m(kBlock), k(kBlock) {}
 };
@@ -118,8 +118,8 @@ struct NCHW {
       _Pragma("omp simd")
       for (int64_t p = 0; p < HW; ++p) {
         const A gv = grad_at<T, A>(g, o, r + p);
-        dx[r + p] = static_cast<T>(gv * w * ms[p] + w * a[p] + b);
-        if (did) did[r + p] = static_cast<T>(gv);
+        dx[r + p] = to_storage<T>(gv * w * ms[p] + w * a[p] + b);
+        if (did) did[r + p] = to_storage<T>(gv);
       }
     }
   }
@@ -157,16 +157,40 @@ struct NHWC {
     for (int64_t c = 0; c < C; ++c) avg[c] /= static_cast<A>(HW);
   }
 
-  // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool).
+  // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool). Short rows
+  // (C < kWideRow) would pay a few horizontal reductions per pixel for a handful of channels: there a
+  // block of pixels is transposed into w.t (C rows of `len` pixels) and reduced down the channels as
+  // NCHW does (spatial_block), with the same strict-> tie rule.
+  static constexpr int64_t kWideRow = 64;
+
   template <typename T, typename A>
   static void pool_pixels(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg, A* s_max,
                           int32_t* is, Scratch<A>& w) {
+    if (C < kWideRow) return pool_pixels_short(x, C, HW, mc, need_idx, s_avg, s_max, is, w);
     A* t = w.s.data();
     for (int64_t p = 0; p < HW; ++p) {
       const T* row = x + p * C;
       _Pragma("omp simd")
       for (int64_t c = 0; c < C; ++c) t[c] = static_cast<A>(row[c]) * mc[c];
       row_pool(t, C, need_idx, s_avg + p, s_max + p, need_idx ? is + p : nullptr);
+    }
+  }
+
+  template <typename T, typename A>
+  static void pool_pixels_short(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg,
+                                A* s_max, int32_t* is, Scratch<A>& w) {
+    const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, 4096 / std::max<int64_t>(C, 1)));
+    w.t.resize(C * block);
+    A* t = w.t.data();
+    for (int64_t p0 = 0; p0 < HW; p0 += block) {
+      const int64_t len = std::min(block, HW - p0);
+      for (int64_t i = 0; i < len; ++i) {
+        const T* row = x + (p0 + i) * C;
+        for (int64_t c = 0; c < C; ++c) t[c * len + i] = static_cast<A>(row[c]);
+      }
+      spatial_block(t, C, len, len, mc, need_idx, w.s.data(), s_max + p0, w.k.data());
+      for (int64_t i = 0; i < len; ++i) s_avg[p0 + i] = w.s[i] / static_cast<A>(C);
+      if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is + p0);
     }
   }
 
@@ -217,8 +241,8 @@ struct NHWC {
       _Pragma("omp simd")
       for (int64_t c = 0; c < C; ++c) {
         const A gv = grad_at<T, A>(g, o, r + c);
-        dx[r + c] = static_cast<T>(gv * mc[c] * s + mc[c] * ap + off[c]);
-        if (did) did[r + c] = static_cast<T>(gv);
+        dx[r + c] = to_storage<T>(gv * mc[c] * s + mc[c] * ap + off[c]);
+        if (did) did[r + c] = to_storage<T>(gv);
       }
     }
   }

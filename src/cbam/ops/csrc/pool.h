@@ -2,6 +2,8 @@
 // (cbam_sample.cpp): one definition of each reduction, so both paths agree bit for bit.
 #pragma once
 #include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <cstring>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +15,20 @@
 namespace cbam_cpu {
 
 template <typename T> using acc_t = at::opmath_type<T>;
+
+// A value in the storage type T. For bfloat16 the rounding (to nearest even, NaN kept NaN) is written
+// with integer ops and a select, so loops that store bf16 vectorise; c10's conversion branches per value.
+template <typename T, typename A>
+inline T to_storage(A v) { return static_cast<T>(v); }
+
+template <>
+inline c10::BFloat16 to_storage<c10::BFloat16, float>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return c10::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
 
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
@@ -193,7 +209,7 @@ inline void apply_sample(const T* x, int64_t C, int64_t HW, const A* mc, const A
     const T* xr = x + c * HW;
     T* yr = y + c * HW;
     _Pragma("omp simd")
-    for (int64_t i = 0; i < HW; ++i) yr[i] = static_cast<T>(static_cast<A>(xr[i]) * w * ms[i]);
+    for (int64_t i = 0; i < HW; ++i) yr[i] = to_storage<T>(static_cast<A>(xr[i]) * w * ms[i]);
   }
 }
 
