@@ -1,53 +1,16 @@
-"""The math of CBAM and its family, as plain functions on tensors and weights.
-
-This is the one readable definition: every module in :mod:`cbam.attention`
-calls these functions, and every fast path in :mod:`cbam.ops` is tested
-against them. All functions are TorchScript-compatible, so non-linearities
-are passed by name (see :data:`ACTIVATIONS`) rather than as callables.
-
-Shapes: ``x`` is ``(N, C, H, W)``; every ``*_attention`` function returns a
-tensor of the same shape, every ``*_gate`` function the weights that multiply
-``x`` (broadcastable to it).
-
-Pooling uses reductions (``mean``/``max``), never adaptive pooling: adaptive
-pooling produced NaN under AMP with channels_last in other projects, and
-exports to ONNX less cleanly. Max pooling is ``max(dim)`` rather than ``amax``:
-equal values, but the gradient goes to the first maximal element only, as with
-the authors' max pooling (``amax`` splits it among ties); the fused kernels
-route it the same way, so low-precision inputs with tied maxima agree exactly.
-"""
+"""CBAM's math (channel gate, spatial gate, their composition) for any number of spatial dims;
+see :mod:`cbam.functional`."""
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "ACTIVATIONS",
-    "POOL_TYPES",
-    "activation",
-    "channel_descriptors",
-    "channel_gate",
-    "channel_attention",
-    "spatial_descriptors",
-    "spatial_gate",
-    "spatial_attention",
-    "cbam",
-    "cbam_with_gates",
-    "se",
-    "eca",
-    "eca_kernel_size",
-    "simam",
-    "coord_attention",
-    "bam",
-]
-
 #: Names accepted wherever a non-linearity is chosen (``act``/``gate``).
 ACTIVATIONS = (
-    "relu", "relu6", "leaky_relu", "silu", "swish", "gelu", "tanh",
+    "relu", "relu6", "leaky_relu", "silu", "swish", "gelu", "gelu_tanh", "mish", "elu", "selu", "tanh",
     "sigmoid", "hard_sigmoid", "hard_swish", "identity",
 )
 #: Descriptor types for :func:`channel_descriptors` (paper section 3 and the authors' code).
@@ -55,9 +18,17 @@ POOL_TYPES = ("avg", "max", "lp", "lse")
 
 
 def activation(x: Tensor, name: str) -> Tensor:
-    """Apply the non-linearity called ``name`` (one of :data:`ACTIVATIONS`)."""
+    """Apply the non-linearity called ``name`` (one of :data:`ACTIVATIONS`); outside
+    TorchScript ``name`` may also be a callable, which is applied to ``x``."""
+    if not torch.jit.is_scripting():
+        if not isinstance(name, str):
+            return name(x)
     if name == "relu":
         return F.relu(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "identity":
+        return x
     if name == "relu6":
         return F.relu6(x)
     if name == "leaky_relu":
@@ -66,33 +37,57 @@ def activation(x: Tensor, name: str) -> Tensor:
         return F.silu(x)
     if name == "gelu":
         return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "mish":
+        return F.mish(x)
+    if name == "elu":
+        return F.elu(x)
+    if name == "selu":
+        return F.selu(x)
     if name == "tanh":
         return torch.tanh(x)
-    if name == "sigmoid":
-        return torch.sigmoid(x)
     if name == "hard_sigmoid":
         return F.hardsigmoid(x)
     if name == "hard_swish":
         return F.hardswish(x)
-    if name == "identity":
-        return x
-    raise ValueError("unknown activation '" + name + "'; valid names: relu, relu6, leaky_relu, silu, swish, gelu, tanh, sigmoid, hard_sigmoid, hard_swish, identity")
+    raise ValueError("unknown activation '" + name + "'; valid names: relu, relu6, leaky_relu, silu, swish, gelu, "
+                     "gelu_tanh, mish, elu, selu, tanh, sigmoid, hard_sigmoid, hard_swish, identity")
+
+
+def _spatial_dims(x: Tensor) -> List[int]:
+    return list(range(2, x.dim()))
+
+
+def _per_channel(g: Tensor, x: Tensor) -> Tensor:
+    """``(N, C) -> (N, C, 1, ..., 1)``, broadcastable to ``x``."""
+    return g.reshape([g.shape[0], g.shape[1]] + [1] * (x.dim() - 2))
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: int) -> Tensor:
+    """The convolution of the weight's rank: 1-D, 2-D or 3-D."""
+    if weight.dim() == 3:
+        return F.conv1d(x, weight, bias, 1, padding)
+    if weight.dim() == 5:
+        return F.conv3d(x, weight, bias, 1, padding)
+    return F.conv2d(x, weight, bias, 1, padding)
 
 
 def channel_descriptors(x: Tensor, pool_types: List[str]) -> Tensor:
-    """Global descriptors over H x W: ``(N, C, H, W) -> (P, N, C)``, one per pool type.
+    """Global descriptors over the spatial dims: ``(N, C, *S) -> (P, N, C)``, one per pool type.
 
     ``avg`` mean, ``max`` maximum, ``lp`` the L2 norm (the authors' ``lp_pool2d``
     with p=2 over the whole map), ``lse`` log-sum-exp (numerically stable).
     """
+    dims = _spatial_dims(x)
     out: List[Tensor] = []
     for p in pool_types:
         if p == "avg":
-            out.append(x.mean((2, 3)))
+            out.append(x.mean(dims))
         elif p == "max":
             out.append(x.flatten(2).max(2)[0])
         elif p == "lp":
-            out.append(x.square().sum((2, 3)).sqrt())
+            out.append(x.square().sum(dims).sqrt())
         elif p == "lse":
             out.append(torch.logsumexp(x.flatten(2), dim=2))
         else:
@@ -110,7 +105,7 @@ def channel_gate(
     act: str = "relu",
     gate: str = "sigmoid",
 ) -> Tensor:
-    """Channel attention weights M_c, ``(N, C, H, W) -> (N, C, 1, 1)``.
+    """Channel attention weights M_c, ``(N, C, *S) -> (N, C, 1, ...)``.
 
     ``M_c = gate(sum_p MLP(pool_p(x)))`` with one MLP ``C -> C/r -> C`` shared by
     all descriptors (paper eq. 2). ``fc1_weight`` is ``(C/r, C)``, ``fc2_weight``
@@ -119,7 +114,7 @@ def channel_gate(
     """
     d = channel_descriptors(x, pool_types if pool_types is not None else ["avg", "max"])
     logits = F.linear(activation(F.linear(d, fc1_weight, fc1_bias), act), fc2_weight, fc2_bias)
-    return activation(logits.sum(0), gate)[:, :, None, None]
+    return _per_channel(activation(logits.sum(0), gate), x)
 
 
 def channel_attention(
@@ -132,12 +127,12 @@ def channel_attention(
     act: str = "relu",
     gate: str = "sigmoid",
 ) -> Tensor:
-    """``x * M_c(x)``: ``(N, C, H, W) -> (N, C, H, W)``."""
+    """``x * M_c(x)``: ``(N, C, *S) -> (N, C, *S)``."""
     return x * channel_gate(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, pool_types, act, gate)
 
 
 def spatial_descriptors(x: Tensor, order: str = "avg_max") -> Tensor:
-    """Channel-wise mean and max maps, ``(N, C, H, W) -> (N, 2, H, W)``.
+    """Channel-wise mean and max maps, ``(N, C, *S) -> (N, 2, *S)``.
 
     ``order="avg_max"`` is the paper's ``[AvgPool; MaxPool]``; ``"max_avg"`` is
     the authors' code (``ChannelPool`` concatenates max first).
@@ -149,6 +144,21 @@ def spatial_descriptors(x: Tensor, order: str = "avg_max") -> Tensor:
     if order == "max_avg":
         return torch.cat([mx, avg], 1)
     raise ValueError("unknown pool order '" + order + "'; valid: avg_max, max_avg")
+
+
+def spatial_logits(
+    x: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Optional[Tensor] = None,
+    order: str = "avg_max",
+    pool_weight: Optional[Tensor] = None,
+) -> Tensor:
+    """The spatial conv's output before normalisation and gate, ``(N, C, *S) -> (N, 1, *S)``:
+    ``conv_k([avg_c(x); max_c(x)])`` with padding ``k // 2``. With ``pool_weight``
+    (``(1, C, 1, ...)``) the channel pooling is a learned 1x1 conv (the paper's
+    ablation) and ``conv_weight`` has one input channel."""
+    d = spatial_descriptors(x, order) if pool_weight is None else _conv(x, pool_weight, None, 0)
+    return _conv(d, conv_weight, conv_bias, conv_weight.shape[-1] // 2)
 
 
 def spatial_gate(
@@ -167,20 +177,13 @@ def spatial_gate(
     gate: str = "sigmoid",
     pool_weight: Optional[Tensor] = None,
 ) -> Tensor:
-    """Spatial attention weights M_s, ``(N, C, H, W) -> (N, 1, H, W)``.
+    """Spatial attention weights M_s, ``(N, C, *S) -> (N, 1, *S)``.
 
-    ``M_s = gate(BN?(conv_kxk([avg_c(x); max_c(x)])))`` (paper eq. 3; the BN is
-    the authors' code). ``conv_weight`` is ``(1, 2, k, k)``, padding ``k // 2``
-    keeps H x W. With ``pool_weight`` of shape ``(1, C, 1, 1)`` the channel
-    pooling is a learned 1x1 conv instead (the paper's ablation) and
-    ``conv_weight`` is ``(1, 1, k, k)``.
+    ``M_s = gate(BN?(conv_k([avg_c(x); max_c(x)])))`` (paper eq. 3; the BN is
+    the authors' code), see :func:`spatial_logits`. ``conv_weight`` is
+    ``(1, 2, k, k)`` for 2-D inputs (``(1, 2, k)`` 1-D, ``(1, 2, k, k, k)`` 3-D).
     """
-    if pool_weight is None:
-        d = spatial_descriptors(x, order)
-    else:
-        d = F.conv2d(x, pool_weight)
-    pad = conv_weight.shape[-1] // 2
-    s = F.conv2d(d, conv_weight, conv_bias, padding=pad)
+    s = spatial_logits(x, conv_weight, conv_bias, order, pool_weight)
     if use_bn:
         s = F.batch_norm(s, bn_running_mean, bn_running_var, bn_weight, bn_bias, bn_training, bn_momentum, bn_eps)
     return activation(s, gate)
@@ -193,7 +196,7 @@ def spatial_attention(
     order: str = "avg_max",
     gate: str = "sigmoid",
 ) -> Tensor:
-    """``x * M_s(x)`` without normalisation (the paper's form): ``(N, C, H, W) -> (N, C, H, W)``."""
+    """``x * M_s(x)`` without normalisation (the paper's form): ``(N, C, *S) -> (N, C, *S)``."""
     return x * spatial_gate(x, conv_weight, conv_bias, order=order, gate=gate)
 
 
@@ -282,77 +285,7 @@ def cbam(
                            bn_eps, use_bn, pool_types, order, arrangement, act, gate, pool_weight)[0]
 
 
-def se(
-    x: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Optional[Tensor],
-    fc2_weight: Tensor,
-    fc2_bias: Optional[Tensor],
-    act: str = "relu",
-    gate: str = "sigmoid",
-) -> Tensor:
-    """Squeeze-and-Excitation (Hu et al., CVPR 2018): CBAM's channel gate with average pooling only."""
-    return channel_attention(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, ["avg"], act, gate)
-
-
-def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
-    """ECA-Net's adaptive kernel: ``k = |log2(C)/gamma + beta/gamma|`` rounded to the nearest odd number (paper eq. 12)."""
-    t = int(abs((math.log2(channels) + beta) / gamma))
-    return t if t % 2 == 1 else t + 1
-
-
-def eca(x: Tensor, conv_weight: Tensor, gate: str = "sigmoid") -> Tensor:
-    """Efficient Channel Attention (Wang et al., CVPR 2020): a 1-D conv of size k across the
-    average-pooled channel vector. ``conv_weight`` is ``(1, 1, k)``."""
-    y = x.mean((2, 3))[:, None, :]
-    y = F.conv1d(y, conv_weight, padding=conv_weight.shape[-1] // 2)
-    return x * activation(y[:, 0, :], gate)[:, :, None, None]
-
-
-def simam(x: Tensor, e_lambda: float = 1e-4) -> Tensor:
-    """SimAM (Yang et al., ICML 2021), parameter-free: ``x * sigmoid(d / (4 (v + lambda)) + 0.5)``
-    with ``d = (x - mean_hw)^2`` and ``v = sum_hw d / (H W - 1)``. For a 1x1 map the
-    divisor ``H W - 1`` is clamped to 1 (d is 0 there, so the gate is sigmoid(0.5))."""
-    n = max(x.shape[2] * x.shape[3] - 1, 1)
-    d = (x - x.mean((2, 3), keepdim=True)).square()
-    v = d.sum((2, 3), keepdim=True) / n
-    return x * torch.sigmoid(d / (4 * (v + e_lambda)) + 0.5)
-
-
-def coord_attention(
-    x: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Optional[Tensor],
-    bn_weight: Tensor,
-    bn_bias: Tensor,
-    bn_running_mean: Optional[Tensor],
-    bn_running_var: Optional[Tensor],
-    bn_training: bool,
-    conv_h_weight: Tensor,
-    conv_h_bias: Optional[Tensor],
-    conv_w_weight: Tensor,
-    conv_w_bias: Optional[Tensor],
-    act: str = "hard_swish",
-    gate: str = "sigmoid",
-    bn_momentum: float = 0.1,
-    bn_eps: float = 1e-5,
-) -> Tensor:
-    """Coordinate attention (Hou et al., CVPR 2021). Pool along W and along H, a shared
-    1x1 conv + BN + act on the concatenation, then one 1x1 conv per direction:
-    ``y = x * g(conv_h(f_h)) * g(conv_w(f_w))``."""
-    h, w = x.shape[2], x.shape[3]
-    x_h = x.mean(3, keepdim=True)                       # (N, C, H, 1)
-    x_w = x.mean(2, keepdim=True).transpose(2, 3)       # (N, C, W, 1)
-    y = F.conv2d(torch.cat([x_h, x_w], 2), conv1_weight, conv1_bias)
-    y = F.batch_norm(y, bn_running_mean, bn_running_var, bn_weight, bn_bias, bn_training, bn_momentum, bn_eps)
-    y = activation(y, act)
-    y_h, y_w = y[:, :, :h], y[:, :, h:].transpose(2, 3)
-    a_h = activation(F.conv2d(y_h, conv_h_weight, conv_h_bias), gate)
-    a_w = activation(F.conv2d(y_w, conv_w_weight, conv_w_bias), gate)
-    return x * a_h * a_w
-
-
-def bam(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor) -> Tensor:
-    """BAM's combination (Park et al., BMVC 2018): ``y = x * (1 + sigmoid(M_c + M_s))`` with
-    channel logits ``(N, C, 1, 1)`` and spatial logits ``(N, 1, H, W)`` from its two branches."""
-    return x * (1 + torch.sigmoid(channel_logits + spatial_logits))
+#: 1-D and 3-D twins of :func:`cbam`, which takes any number of spatial dimensions: ``x`` of
+#: shape ``(N, C, L)`` / ``(N, C, D, H, W)`` with a ``(1, 2, k)`` / ``(1, 2, k, k, k)`` conv weight.
+cbam1d = cbam
+cbam3d = cbam
