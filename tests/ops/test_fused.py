@@ -69,7 +69,10 @@ def test_matches_reference(n, c, h, w, dtype, channels_last, preset, train, k):
 
     def check(got, want, i, what):
         err = _rel(got, want)
-        allowed = lim if base is None else max(lim, 3 * _rel(base[i] if i < 2 else base[2][what], want))
+        # parameter gradients are sums over the whole batch; in fp16/bf16 (g is rounded too) the BN bias's
+        # sum cancels to a small value, so its relative error gets 3x the precision's limit
+        floor = lim if base is None or i < 2 else 3 * lim
+        allowed = floor if base is None else max(floor, 3 * _rel(base[i] if i < 2 else base[2][what], want))
         assert err <= allowed, (what, err, allowed)
 
     check(y, y_o, 0, "y")

@@ -122,12 +122,12 @@ def test_inference_keeps_no_indices_and_refuses_backward():
     x = torch.randn(4, 16, 6, 6)
     args = _args(m, x, False)
     with torch.no_grad():
-        out = torch.ops.cbam.fused_cbam_fwd(*args, False)
+        out = torch.ops.cbam.fused_cbam_fwd(*args, False, None)
     assert out[5].numel() == 0 and out[7].numel() == 0 and out[10].numel() == 0  # idx_c, idx_s, pre not kept
     with torch.no_grad():
         torch.testing.assert_close(out[0], m(x))
     xr = x.clone().requires_grad_()
-    out = torch.ops.cbam.fused_cbam_fwd(xr, *args[1:], False)
+    out = torch.ops.cbam.fused_cbam_fwd(xr, *args[1:], False, None)
     with pytest.raises(RuntimeError, match="need_idx=False"):
         out[0].sum().backward()
     y, mc, ms = fused_cbam_with_gates(xr, *args[1:6])  # the public function asks for the routes itself

@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _backward as B
 from . import _forward as F
@@ -104,7 +105,11 @@ def _backward(ctx, *grads):
     gy = torch.zeros_like(x) if gy is None else gy
     gmc = torch.zeros_like(mc) if gmc is None else gmc
     gms = torch.zeros_like(ms) if gms is None else gms
-    dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id = _bwd(gy, gmc, gms, *saved, use_bn, training, eps, max_first)
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        grads_in = _bwd(gy, gmc, gms, *saved, use_bn, training, eps, max_first)
+    else:  # eager: the implementation itself, without the dispatcher's round trip (as the eager forward)
+        grads_in = B.backward(gy, gmc, gms, B.Saved(*saved), use_bn, training, eps, max_first)
+    dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id = grads_in
     b1, b2, bc, bn_w = saved[13], saved[15], saved[17], saved[18]
     none_if = lambda t, ref: None if ref is None else t  # noqa: E731
     bn = use_bn and bn_w is not None
@@ -163,9 +168,14 @@ def fused_cbam_tail_with_gates(
     # the argmax routes are needed only when a gradient will flow back
     params = (x, identity, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias)
     need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    y, mc, ms, *_, bmean, bvar, _ = _fwd(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
-                                      bn_weight, bn_bias, bn_running_mean, bn_running_var, use_bn, bn_training,
-                                      float(bn_eps), order == "max_avg", need_idx, identity)
+    args = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias,
+            bn_running_mean, bn_running_var, use_bn, bn_training, float(bn_eps), order == "max_avg", need_idx, identity)
+    # eager inference calls the implementation itself: with no autograd node to record, the custom op's
+    # dispatch round trip would cost several times the kernels of a small layer. Compilers, exporters and
+    # dispatch modes (FLOP counting, fake tensors) still see the op.
+    direct = not need_idx and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and \
+        _get_current_dispatch_mode() is None
+    y, mc, ms, *_, bmean, bvar, _ = F.forward(kernels_for(x), *args) if direct else _fwd(*args)
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
         _update_running_stats(bmean, bvar, n * h * w, bn_running_mean, bn_running_var, bn_momentum,
                               num_batches_tracked)
