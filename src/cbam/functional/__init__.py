@@ -26,7 +26,8 @@ forward and backward are deterministic on CPU and CUDA under
 ``torch.use_deterministic_algorithms(True)``. ``adaptive_max_pool2d``, whose
 CUDA backward has no deterministic kernel and raises in that mode, is never used.
 """
-from ._core import (ACTIVATIONS, POOL_TYPES, activation, cbam, cbam1d, cbam3d, cbam_with_gates, channel_attention,
+from ._core import (ACTIVATIONS, POOL_TYPES, activation, cbam, cbam1d, cbam3d, cbam_tail, cbam_with_gates,
+                    channel_attention,
                     channel_descriptors, channel_gate, spatial_attention, spatial_descriptors, spatial_gate,
                     spatial_logits)
 from ._family import (bam, bam_gate, coord_attention, coord_gates, coord_pool, coord_split_gates, eca, eca_kernel_size,
@@ -36,7 +37,7 @@ __all__ = [
     "ACTIVATIONS", "POOL_TYPES", "activation",
     "channel_descriptors", "channel_gate", "channel_attention",
     "spatial_descriptors", "spatial_logits", "spatial_gate", "spatial_attention",
-    "cbam", "cbam_with_gates", "cbam1d", "cbam3d",
+    "cbam", "cbam_with_gates", "cbam_tail", "cbam1d", "cbam3d",
     "squeeze_excite", "se",
     "eca_kernel_size", "efficient_channel_gate", "efficient_channel_attention", "eca",
     "simam_gate", "simam",

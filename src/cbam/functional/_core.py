@@ -285,6 +285,13 @@ def cbam(
                            bn_eps, use_bn, pool_types, order, arrangement, act, gate, pool_weight)[0]
 
 
+def cbam_tail(x: Tensor, identity: Tensor, *args, **kwargs) -> Tensor:
+    """``relu(cbam(x) + identity)``: CBAM closing a residual block, whose branch output is added to
+    the shortcut ``identity`` (``x``'s shape) before the block's ReLU. ``*args, **kwargs`` as
+    :func:`cbam`. ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
+    return torch.relu(cbam(x, *args, **kwargs) + identity)
+
+
 #: 1-D and 3-D twins of :func:`cbam`, which takes any number of spatial dimensions: ``x`` of
 #: shape ``(N, C, L)`` / ``(N, C, D, H, W)`` with a ``(1, 2, k)`` / ``(1, 2, k, k, k)`` conv weight.
 cbam1d = cbam
