@@ -120,6 +120,22 @@ def _backward(ctx, *grads):
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
+class _EagerFused(torch.autograd.Function):
+    """The registered op's forward and backward as a plain autograd.Function, for eager training:
+    the custom op's autograd wrapper costs more than a small layer's kernels."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = F.forward(kernels_for(inputs[0]), *inputs)
+        _setup(ctx, inputs, out)
+        ctx.mark_non_differentiable(out[5], out[7])  # the argmax routes
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
+
+
 def fused_available(x: Tensor, require: bool = False) -> bool:
     """Whether the fused op runs on compiled kernels for ``x`` (what ``impl="auto"`` asks);
     with ``require`` (``impl="fused"``) it only needs a supported dtype/device, and raises otherwise."""
@@ -170,12 +186,15 @@ def fused_cbam_tail_with_gates(
     need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     args = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias,
             bn_running_mean, bn_running_var, use_bn, bn_training, float(bn_eps), order == "max_avg", need_idx, identity)
-    # eager inference calls the implementation itself: with no autograd node to record, the custom op's
-    # dispatch round trip would cost several times the kernels of a small layer. Compilers, exporters and
-    # dispatch modes (FLOP counting, fake tensors) still see the op.
-    direct = not need_idx and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and \
-        _get_current_dispatch_mode() is None
-    y, mc, ms, *_, bmean, bvar, _ = F.forward(kernels_for(x), *args) if direct else _fwd(*args)
+    # eager calls run the implementation without the custom op's dispatch round trip, which costs several
+    # times the kernels of a small layer (inference records no autograd node at all). Compilers,
+    # exporters and dispatch modes (FLOP counting, fake tensors) still see the registered op.
+    eager = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and _get_current_dispatch_mode() is None
+    if eager:
+        outs = _EagerFused.apply(*args) if need_idx else F.forward(kernels_for(x), *args)
+    else:
+        outs = _fwd(*args)
+    y, mc, ms, *_, bmean, bvar, _ = outs
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
         _update_running_stats(bmean, bvar, n * h * w, bn_running_mean, bn_running_var, bn_momentum,
                               num_batches_tracked)
