@@ -1,8 +1,11 @@
 """Independent float64 numpy implementations used as test oracles.
 
 Written from the papers' equations, without calling any cbam code, so that a
-bug in cbam.functional cannot hide in both places.
+bug in cbam.functional cannot hide in both places. The CBAM functions take any
+number of spatial dims: x of shape (N, C, L), (N, C, H, W) or (N, C, D, H, W).
 """
+import itertools
+
 import numpy as np
 
 
@@ -14,18 +17,19 @@ def relu(z):
     return np.maximum(z, 0.0)
 
 
-def conv2d_single(maps, weight, bias=0.0):
-    """maps (N, K, H, W), weight (1, K, k, k) -> (N, H, W) with zero padding k//2."""
-    n, kin, h, w = maps.shape
+def conv_single(maps, weight, bias=0.0):
+    """maps (N, K, *S), weight (1, K, *k) -> (N, *S): one output map, zero padding k//2, any
+    number of spatial dims (1-D, 2-D, 3-D)."""
+    n, kin, *size = maps.shape
     k = weight.shape[-1]
     p = k // 2
-    padded = np.zeros((n, kin, h + 2 * p, w + 2 * p))
-    padded[:, :, p:p + h, p:p + w] = maps
-    out = np.full((n, h, w), float(bias))
+    padded = np.zeros((n, kin, *[s + 2 * p for s in size]))
+    padded[(slice(None), slice(None), *[slice(p, p + s) for s in size])] = maps
+    out = np.full((n, *size), float(bias))
     for c in range(kin):
-        for i in range(k):
-            for j in range(k):
-                out += weight[0, c, i, j] * padded[:, c, i:i + h, j:j + w]
+        for offs in itertools.product(range(k), repeat=len(size)):
+            window = tuple(slice(o, o + s) for o, s in zip(offs, size))
+            out += weight[(0, c, *offs)] * padded[(slice(None), c, *window)]
     return out
 
 
@@ -49,13 +53,13 @@ def channel_gate(x, w1, b1, w2, b2, pools=("avg", "max")):
         d = pool(x, p)
         h = relu(d @ w1.T + (0 if b1 is None else b1))
         z = z + h @ w2.T + (0 if b2 is None else b2)
-    return sigmoid(z)[:, :, None, None]
+    return sigmoid(z).reshape(z.shape + (1,) * (x.ndim - 2))
 
 
 def spatial_gate(x, wc, bc=None, order="avg_max", bn=None):
     avg, mx = x.mean(1), x.max(1)
     maps = np.stack([avg, mx] if order == "avg_max" else [mx, avg], 1)
-    s = conv2d_single(maps, wc, 0.0 if bc is None else bc[0])
+    s = conv_single(maps, wc, 0.0 if bc is None else bc[0])
     if bn is not None:  # eval-mode BN: (weight, bias, mean, var, eps)
         g, b, m, v, eps = bn
         s = (s - m) / np.sqrt(v + eps) * g + b

@@ -7,27 +7,10 @@ from hypothesis import given, strategies as st
 import cbam
 from cbam import functional as Fn
 from tests import reference_np as R
+from tests.attention._oracle import cbam_oracle as _cbam_oracle, to_np as _np
 from tests.helpers import randomize_
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 2048), st.integers(1, 9), st.integers(1, 9))
-
-
-def _np(t):
-    return None if t is None else t.detach().double().numpy()
-
-
-def _bn_np(m):
-    bn = m.spatial.bn
-    if bn is None:
-        return None
-    return (_np(bn.weight)[0], _np(bn.bias)[0], _np(bn.running_mean)[0], _np(bn.running_var)[0], bn.eps)
-
-
-def _cbam_oracle(m, x):
-    ch, sp = m.channel, m.spatial
-    return R.cbam(x, _np(ch.fc1.weight), _np(ch.fc1.bias), _np(ch.fc2.weight), _np(ch.fc2.bias),
-                  _np(sp.conv.weight), _np(sp.conv.bias), sp.pool_order, _bn_np(m), m.arrangement,
-                  tuple(ch.pool_types))
 
 
 @given(shape=shapes, preset=st.sampled_from(["paper", "official", "timm"]),

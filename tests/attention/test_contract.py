@@ -171,8 +171,10 @@ def test_bad_constructor_args():
         cbam.CBAM(16, arrangement="sideways")
     with pytest.raises(ValueError, match="unknown CBAM preset"):
         cbam.CBAM.from_preset("authors", 16)
-    with pytest.raises(TypeError, match="not supported"):
+    with pytest.raises(TypeError, match="cannot be built without arguments"):
         cbam.CBAM(16, act_layer=torch.nn.Conv2d)
+    with pytest.raises(TypeError, match="not supported"):
+        cbam.CBAM(16, act_layer=3)
     with pytest.raises(ValueError, match="unknown act_layer"):
         cbam.CBAM(16, act_layer="swishy")
     with pytest.raises(ValueError, match="impl='fused'"):

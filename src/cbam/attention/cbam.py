@@ -5,9 +5,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import functional as Fn
 from .. import ops
-from ._base import LayerSpec, check_channels, check_input
+from ._base import LayerSpec, check_channels, check_dims, check_input, either, exporting
 from .channel import ChannelAttention
 from .spatial import SpatialAttention
 
@@ -37,21 +36,31 @@ class CBAM(nn.Module):
 
     Args:
         channels: C of the input.
-        reduction: MLP ratio r (paper: 16); hidden width ``max(min_channels, C // r)``.
-        kernel_size: spatial conv size, any odd k >= 1 (paper: 7).
+        reduction: MLP ratio r (default 16, the paper's); hidden width ``max(min_channels, C // r)``.
+        kernel_size: spatial conv size, any odd k >= 1 (default 7, the paper's).
         pool_types: channel descriptors (paper: avg and max; also lp, lse).
         arrangement: ``channel_first`` (paper), ``spatial_first`` or ``parallel``.
         mlp_bias, spatial_bias, spatial_norm, pool_order, bn_zero_init, bn_momentum:
             the switches in which the paper, the authors' code and timm differ;
-            see :data:`PRESETS` and :meth:`from_preset`.
+            see :data:`PRESETS` and :meth:`from_preset`. ``bn_momentum=None`` is a
+            cumulative moving average, as in ``nn.BatchNorm2d``.
         spatial_pool: ``avgmax`` (paper) or ``conv`` (1x1-conv pooling, ablation).
+        act_layer, gate_layer: name, ``nn.Module`` class, ``functools.partial`` or callable
+            (default ReLU / sigmoid); only names run the fused kernels and TorchScript.
+        rd_ratio, rd_channels, rd_divisor, spatial_kernel_size: timm's ``CbamModule`` names
+            (``rd_ratio`` = 1 / reduction), so ``partial(CBAM, rd_ratio=1/8)`` is a timm ``attn_layer``.
         impl: ``auto`` uses the fused kernels of :mod:`cbam.ops` where they apply
-            (channel-first, avg+max, ReLU/sigmoid) and the reference otherwise;
-            ``reference`` always uses :mod:`cbam.functional`; ``fused`` insists.
+            (2-D, channel-first, avg+max, ReLU/sigmoid, a plain BatchNorm2d) and the
+            reference otherwise; ``reference`` always uses :mod:`cbam.functional`;
+            ``fused`` insists. While exporting or tracing (``torch.export``,
+            ``torch.onnx.export``, ``torch.jit.trace``) every impl records the reference
+            math, made of standard ops; ``torch.compile`` keeps the fused op. The fused
+            op has no double backward: use ``reference`` for ``create_graph=True``.
+        dims: 1 ``(N, C, L)``, 2 ``(N, C, H, W)`` or 3 ``(N, C, D, H, W)``; see :class:`CBAM1d`, :class:`CBAM3d`.
 
-    Shape: ``(N, C, H, W) -> (N, C, H, W)``. With ``record_maps = True`` the last
-    gates are kept (detached) in ``last_channel_map`` ``(N, C, 1, 1)`` and
-    ``last_spatial_map`` ``(N, 1, H, W)``.
+    Shape: ``(N, C, *S) -> (N, C, *S)``. With ``record_maps = True`` the last
+    gates are kept (detached) in ``last_channel_map`` ``(N, C, 1, ...)`` and
+    ``last_spatial_map`` ``(N, 1, *S)``.
     """
 
     record_maps: bool
@@ -61,8 +70,8 @@ class CBAM(nn.Module):
     def __init__(
         self,
         channels: int,
-        reduction: float = 16,
-        kernel_size: int = 7,
+        reduction: Optional[float] = None,
+        kernel_size: Optional[int] = None,
         *,
         pool_types: Sequence[str] = ("avg", "max"),
         arrangement: str = "channel_first",
@@ -71,39 +80,48 @@ class CBAM(nn.Module):
         spatial_norm: bool = False,
         pool_order: str = "avg_max",
         bn_zero_init: bool = False,
-        bn_momentum: float = 0.1,
+        bn_momentum: Optional[float] = 0.1,
         spatial_pool: str = "avgmax",
         hidden_channels: Optional[int] = None,
         min_channels: int = 1,
         act_layer: LayerSpec = "relu",
         gate_layer: LayerSpec = "sigmoid",
         impl: str = "auto",
+        rd_ratio: Optional[float] = None,
+        rd_channels: Optional[int] = None,
+        rd_divisor: Optional[int] = None,
+        spatial_kernel_size: Optional[int] = None,
+        dims: int = 2,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
-        self.channels = check_channels(channels, "CBAM")
+        self.label = type(self).__name__
+        self.channels = check_channels(channels, self.label)
+        self.dims = check_dims(dims, self.label)
         if arrangement not in ARRANGEMENTS:
-            raise ValueError(f"CBAM: unknown arrangement '{arrangement}'; valid: {', '.join(ARRANGEMENTS)}")
+            raise ValueError(f"{self.label}: unknown arrangement '{arrangement}'; valid: {', '.join(ARRANGEMENTS)}")
         if impl not in IMPLS:
-            raise ValueError(f"CBAM: unknown impl '{impl}'; valid: {', '.join(IMPLS)}")
+            raise ValueError(f"{self.label}: unknown impl '{impl}'; valid: {', '.join(IMPLS)}")
         self.arrangement = arrangement
         fk = {"device": device, "dtype": dtype}
         self.channel = ChannelAttention(channels, reduction, pool_types, hidden_channels=hidden_channels,
                                         min_channels=min_channels, mlp_bias=mlp_bias, act_layer=act_layer,
-                                        gate_layer=gate_layer, **fk)
-        self.spatial = SpatialAttention(kernel_size, channels=channels, pool=spatial_pool, pool_order=pool_order,
+                                        gate_layer=gate_layer, rd_ratio=rd_ratio, rd_channels=rd_channels,
+                                        rd_divisor=rd_divisor, dims=dims, **fk)
+        k = either("kernel_size", kernel_size, "spatial_kernel_size", spatial_kernel_size, 7)
+        self.spatial = SpatialAttention(k, channels=channels, pool=spatial_pool, pool_order=pool_order,
                                         norm=spatial_norm, bn_zero_init=bn_zero_init, bn_momentum=bn_momentum,
-                                        bias=spatial_bias, gate_layer=gate_layer, **fk)
+                                        bias=spatial_bias, gate_layer=gate_layer, dims=dims, **fk)
         self.impl = impl
-        self.fusable = (arrangement == "channel_first" and sorted(self.channel.pool_types) == ["avg", "max"]
-                        and len(self.channel.pool_types) == 2 and self.channel.act == "relu"
+        self.fusable = (dims == 2 and arrangement == "channel_first" and len(self.channel.pool_types) == 2
+                        and sorted(self.channel.pool_types) == ["avg", "max"] and self.channel.act == "relu"
                         and self.channel.gate == "sigmoid" and self.spatial.gate == "sigmoid"
                         and spatial_pool == "avgmax")
         if impl == "fused" and not self.fusable:
-            raise ValueError("CBAM(impl='fused') covers channel_first, pool_types=('avg', 'max'), ReLU and "
-                             "sigmoid with avg/max spatial pooling; use impl='auto' or 'reference' for this "
-                             "configuration")
+            raise ValueError(f"{self.label}(impl='fused') covers 2-D inputs, channel_first, pool_types=('avg', "
+                             f"'max'), ReLU and sigmoid (by name) with avg/max spatial pooling; use impl='auto' or "
+                             f"'reference' for this configuration")
         self.record_maps = False
         self.last_channel_map = None
         self.last_spatial_map = None
@@ -116,36 +134,102 @@ class CBAM(nn.Module):
             raise ValueError(f"unknown CBAM preset '{preset}'; valid: {', '.join(PRESETS)}")
         return cls(channels, **{**PRESETS[preset], **overrides})
 
+    def reset_parameters(self) -> None:
+        """Re-initialise both gates (PyTorch defaults; the authors' zero BN weight with ``bn_zero_init``)."""
+        self.channel.reset_parameters()
+        self.spatial.reset_parameters()
+
     @torch.jit.unused
     def uses_fused(self, x: Tensor) -> bool:
         """Whether ``forward(x)`` takes the fused path of :mod:`cbam.ops`."""
-        if self.impl == "reference" or not self.fusable:
-            return False
+        if self.impl == "reference" or not self.fusable or not self.spatial.plain_bn() or exporting():
+            return False  # a converted BN (SyncBatchNorm) must run itself; exporters get standard ops
         return ops.fused_available(x, require=self.impl == "fused")
 
     @torch.jit.unused
-    def _fused(self, x: Tensor, bn_args: Tuple) -> Tuple[Tensor, Tensor, Tensor]:
+    def _fused(self, x: Tensor, bn_args: Tuple, identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         ch, sp = self.channel, self.spatial
-        return ops.fused_cbam_with_gates(x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
-                                         sp.conv.bias, *bn_args, order=sp.pool_order)
+        y, mc, ms = ops.fused_cbam_tail_with_gates(x, identity, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight,
+                                                   ch.fc2.bias, sp.conv.weight, sp.conv.bias, *bn_args,
+                                                   order=sp.pool_order)
+        if not torch.compiler.is_compiling() and y.grad_fn is not None:
+            y.grad_fn.register_prehook(_first_order_only)
+        return y, mc, ms
+
+    def _reference(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """:func:`cbam.functional.cbam_with_gates`, with each gate from its submodule (so a
+        converted BN runs itself)."""
+        ch, sp = self.channel, self.spatial
+        if self.arrangement == "spatial_first":
+            ms = sp.compute_gate(x)
+            x1 = x * ms
+            mc = ch.compute_gate(x1)
+            return x1 * mc, mc, ms
+        if self.arrangement == "parallel":
+            mc, ms = ch.compute_gate(x), sp.compute_gate(x)
+            return x * mc * ms, mc, ms
+        mc = ch.compute_gate(x)
+        x1 = x * mc
+        ms = sp.compute_gate(x1)
+        return x1 * ms, mc, ms
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, self.channels, "CBAM")
-        ch, sp = self.channel, self.spatial
-        bw, bb, rm, rv, training, momentum, eps, use_bn = sp.bn_args(x)
+        check_input(x, self.channels, self.label, self.dims)
         if not torch.jit.is_scripting() and self.uses_fused(x):
-            y, mc, ms = self._fused(x, (bw, bb, rm, rv, training, momentum, eps, use_bn))
+            y, mc, ms = self._fused(x, self.spatial.bn_args(x))
         else:
-            pool_w = sp.pool_conv.weight if sp.pool_conv is not None else None
-            y, mc, ms = Fn.cbam_with_gates(
-                x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias,
-                bw, bb, rm, rv, training, momentum, eps, use_bn,
-                ch.pool_types, sp.pool_order, self.arrangement, ch.act, ch.gate, pool_w)
+            y, mc, ms = self._reference(x)
         if self.record_maps:
             self.last_channel_map = mc.detach()
             self.last_spatial_map = ms.detach()
         return y
 
+    def forward_tail(self, x: Tensor, identity: Tensor) -> Tensor:
+        """``relu(self(x) + identity)``, the tail of a residual block whose branch ends in this module:
+        on the fused path the op's last pass forms it, so the network reads ``identity`` once instead
+        of writing ``self(x)`` and reading it back. Residual blocks call this when the module has it.
+        ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
+        if not torch.jit.is_scripting() and self._tail_fusable(x, identity):
+            check_input(x, self.channels, self.label, self.dims)
+            y, mc, ms = self._fused(x, self.spatial.bn_args(x), identity)
+            if self.record_maps:
+                self.last_channel_map = mc.detach()
+                self.last_spatial_map = ms.detach()
+            return y
+        return torch.relu(self(x) + identity)
+
+    @torch.jit.unused
+    def _tail_fusable(self, x: Tensor, identity: Tensor) -> bool:
+        # forward hooks expect a call of the module: with hooks registered it runs as self(x)
+        return (identity.shape == x.shape and identity.dtype == x.dtype and not self._forward_hooks
+                and not self._forward_pre_hooks and self.uses_fused(x))
+
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, arrangement={self.arrangement}, impl={self.impl}" + (
-            "" if self.fusable else " (reference only)")
+        return (f"channels={self.channels}, arrangement={self.arrangement}, impl={self.impl}"
+                + ("" if self.fusable else " (reference only)") + (f", dims={self.dims}" if self.dims != 2 else ""))
+
+
+def _first_order_only(grad_outputs: Any) -> None:
+    # the fused op's backward is not differentiable; fail here, naming the fix, rather than at
+    # the second backward with autograd's "no autograd formula"
+    if torch.is_grad_enabled():
+        raise RuntimeError("CBAM's fused path has no double backward (backward with create_graph=True); build the "
+                           "module with impl=\"reference\" for higher-order gradients")
+
+
+class CBAM1d(CBAM):
+    """CBAM for sequences and audio: ``(N, C, L) -> (N, C, L)``, the spatial gate a 1-D conv
+    over L. Arguments as :class:`CBAM`; always the reference math."""
+
+    def __init__(self, channels: int, reduction: Optional[float] = None, kernel_size: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(channels, reduction, kernel_size, dims=1, **kwargs)
+
+
+class CBAM3d(CBAM):
+    """CBAM for volumes and video: ``(N, C, D, H, W) -> (N, C, D, H, W)``, the spatial gate a
+    k x k x k conv. Arguments as :class:`CBAM`; always the reference math."""
+
+    def __init__(self, channels: int, reduction: Optional[float] = None, kernel_size: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(channels, reduction, kernel_size, dims=3, **kwargs)

@@ -6,7 +6,10 @@ from typing import Dict, Iterator
 
 from torch import Tensor, nn
 
-_MAP_ATTRS = ("last_map", "last_channel_map", "last_spatial_map")
+# module attribute -> key in the returned dicts
+_KEYS = {"last_channel_map": "channel", "last_spatial_map": "spatial", "last_map": "map", "last_h_map": "h",
+         "last_w_map": "w"}
+_MAP_ATTRS = tuple(_KEYS)
 
 
 def _recorders(model: nn.Module) -> Iterator[tuple]:
@@ -21,7 +24,9 @@ def record_attention(model: nn.Module) -> Iterator[Dict[str, Dict[str, Tensor]]]
 
     ``with record_attention(net) as maps: net(x)`` leaves ``maps`` as
     ``{module_name: {"channel": (N, C, 1, 1), "spatial": (N, 1, H, W)}}`` (the
-    keys a module has). Recording is switched off and buffers cleared afterwards.
+    keys a module has: ``channel``/``spatial`` for CBAM, ``h``/``w`` for coordinate
+    attention, ``map`` for the single gate of the others). Recording is switched off and
+    buffers cleared afterwards.
     """
     mods = list(_recorders(model))
     for _, m in mods:
@@ -43,7 +48,7 @@ def attention_maps(model: nn.Module) -> Dict[str, Dict[str, Tensor]]:
     res: Dict[str, Dict[str, Tensor]] = {}
     for name, m in _recorders(model):
         got = {}
-        for attr, key in (("last_channel_map", "channel"), ("last_spatial_map", "spatial"), ("last_map", "map")):
+        for attr, key in _KEYS.items():
             v = getattr(m, attr, None)
             if v is not None:
                 got[key] = v

@@ -22,10 +22,19 @@ AttentionSpec = Union[str, Callable[..., nn.Module], None, bool]
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 
 
+def _key(name: str) -> str:
+    """Names are case-insensitive and ``-`` equals ``_``: ``"CBAM-Official"`` is ``"cbam_official"``."""
+    return name.lower().replace("-", "_")
+
+
 def register_attention(name: str, factory: Optional[Callable[..., nn.Module]] = None):
-    """Register ``factory(channels, **kwargs)`` under ``name``; usable as a decorator."""
+    """Register ``factory(channels, **kwargs)`` under ``name`` (normalised as :func:`get_attention`
+    looks names up); usable as a decorator."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"attention name must be a non-empty string, got {name!r}")
+
     def _add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name.lower()
+        key = _key(name)
         if key in _REGISTRY:
             raise ValueError(f"attention '{name}' is already registered")
         _REGISTRY[key] = f
@@ -43,13 +52,15 @@ def _identity(channels: int, **kwargs: Any) -> nn.Module:
 
 
 def get_attention(spec: AttentionSpec) -> Callable[..., nn.Module]:
-    """Resolve a name, class or callable to a ``factory(channels, **kwargs)``."""
+    """Resolve a name, class or callable to a ``factory(channels, **kwargs)``; ``None`` / ``False``
+    give ``nn.Identity``. ``True`` is refused: timm reads it as SE, a CBAM library might mean
+    CBAM, so it must be named."""
     if spec is None or spec is False:
         return _identity
     if spec is True:
-        return _REGISTRY["cbam"]
+        raise ValueError("attention=True is ambiguous (timm reads it as 'se'); name the module, e.g. 'cbam' or 'se'")
     if isinstance(spec, str):
-        key = spec.lower().replace("-", "_")
+        key = _key(spec)
         if key not in _REGISTRY:
             raise ValueError(f"unknown attention '{spec}'; valid names: {', '.join(list_attention())}")
         return _REGISTRY[key]
