@@ -73,6 +73,22 @@ class Bottleneck(nn.Module):
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
+def _init_tree(module: nn.Module) -> None:
+    """Convs Kaiming-normal (fan_out, ReLU), BNs weight 1 / bias 0; any other module with a
+    ``reset_parameters`` (the attention modules, e.g. the authors' zero BN weight in CBAM's
+    spatial gate, and the classifier) owns its init and is reset, not entered."""
+    for m in module.children():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        else:
+            _init_tree(m)
+
+
 class ResNet(nn.Module):
     """ResNet (He et al., 2016) with an attention module in every residual block.
 
@@ -148,14 +164,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for name, m in self.named_modules():
-            if ".attn" in name or name.startswith("attn"):
-                continue  # attention modules own their init (e.g. the authors' zero BN weight)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_tree(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -6,6 +6,7 @@
 :func:`fused_cbam_tail` mirrors :func:`cbam.functional.cbam_tail`, CBAM followed by the
 residual block's ``relu(y + identity)``.
 """
+from . import flops  # noqa: F401  (registers the fused op's FLOP formula with torch.utils.flop_counter)
 from ._cpu import empty_output_cache, output_cache_bytes, set_output_cache_limit
 from .fused import (backend_name, fused_available, fused_cbam, fused_cbam_tail, fused_cbam_tail_with_gates,
                     fused_cbam_with_gates, kernels_for)
