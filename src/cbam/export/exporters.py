@@ -1,16 +1,20 @@
-"""Exporters. CBAM's fused op is a custom op that ONNX and TorchScript do not know; exports run the
-reference math instead (``reference_impl``), which tests prove equal to the fused op, and
-``export_program`` replaces the op by its torch-op decomposition."""
+"""Exporters with dynamic shapes, atomic writes and an onnxruntime check.
+
+PyTorch's own exporters work on our modules as they are: while ``torch.export``,
+``torch.onnx.export`` (either exporter) or ``torch.jit.trace`` records a graph, CBAM takes
+the reference math of :mod:`cbam.functional` (standard ops: ReduceMean/ReduceMax, Conv,
+MatMul, Sigmoid) instead of the fused custom op, which tests prove equal to it.
+``reference_impl`` switches a model's CBAMs to the reference outside exporters too.
+"""
 import contextlib
 import os
-from typing import Dict, Iterator, List, Sequence, Set, Tuple
+from typing import Iterator, Sequence, Set
 
 import torch
 from torch import Tensor, nn
 
 from .._io import atomic_write
 from ..attention import CBAM
-from ..ops import fused as _fused
 
 
 @contextlib.contextmanager
@@ -90,9 +94,8 @@ def export_torchscript(model: nn.Module, path: str, mode: str = "script", exampl
 
 def export_program(model: nn.Module, example: Tensor, dynamic: bool = True,
                    min_size: int = 2) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` as it is (fused op included), then the fused op replaced by
-    its decomposition into plain torch ops, so the program runs anywhere torch runs."""
+    """``torch.export`` of ``model`` decomposed to core ATen ops (CBAM records its reference
+    math while exporting), so the program runs anywhere torch runs."""
     model = model.eval()
     dims = _dims(dynamic, min_size)
-    ep = torch.export.export(model, (example,), dynamic_shapes=dims)
-    return ep.run_decompositions({torch.ops.cbam.fused_cbam_fwd.default: _fused.decomposition})
+    return torch.export.export(model, (example,), dynamic_shapes=dims).run_decompositions()
