@@ -80,6 +80,9 @@ def test_coord_attention_matches_direct_computation():
                        + m.conv_w.bias[None, :, None, None])
     torch.testing.assert_close(m(x), x * ah * aw, rtol=1e-10, atol=1e-12)
     assert m.hidden_channels == 8  # max(8, 40 // 32)
+    fn = Fn.coord_attention(x, m.conv1.weight, m.conv1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                            False, m.conv_h.weight, m.conv_h.bias, m.conv_w.weight, m.conv_w.bias)
+    torch.testing.assert_close(fn, m(x), rtol=0, atol=0)  # the functional twin
 
 
 def test_bam_matches_direct_computation():

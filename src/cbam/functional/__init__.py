@@ -30,7 +30,7 @@ from ._core import (ACTIVATIONS, POOL_TYPES, activation, cbam, cbam1d, cbam3d, c
                     channel_attention,
                     channel_descriptors, channel_gate, spatial_attention, spatial_descriptors, spatial_gate,
                     spatial_logits)
-from ._family import (bam, bam_gate, coord_attention, coord_gates, coord_pool, coord_split_gates, eca, eca_kernel_size,
+from ._family import (bam, bam_gate, coord_attention, coord_pool, coord_split_gates, eca, eca_kernel_size,
                       efficient_channel_attention, efficient_channel_gate, se, simam, simam_gate, squeeze_excite)
 
 __all__ = [
@@ -41,6 +41,6 @@ __all__ = [
     "squeeze_excite", "se",
     "eca_kernel_size", "efficient_channel_gate", "efficient_channel_attention", "eca",
     "simam_gate", "simam",
-    "coord_pool", "coord_split_gates", "coord_gates", "coord_attention",
+    "coord_pool", "coord_split_gates", "coord_attention",
     "bam_gate", "bam",
 ]

@@ -82,32 +82,6 @@ def coord_split_gates(y: Tensor, h: int, conv_h_weight: Tensor, conv_h_bias: Opt
     return a_h, a_w
 
 
-def coord_gates(
-    x: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Optional[Tensor],
-    bn_weight: Optional[Tensor],
-    bn_bias: Optional[Tensor],
-    bn_running_mean: Optional[Tensor],
-    bn_running_var: Optional[Tensor],
-    bn_training: bool,
-    conv_h_weight: Tensor,
-    conv_h_bias: Optional[Tensor],
-    conv_w_weight: Tensor,
-    conv_w_bias: Optional[Tensor],
-    act: str = "hard_swish",
-    gate: str = "sigmoid",
-    bn_momentum: float = 0.1,
-    bn_eps: float = 1e-5,
-) -> Tuple[Tensor, Tensor]:
-    """Coordinate attention's gates ``(a_h, a_w)``: :func:`coord_pool`, a shared 1x1 conv + BN +
-    act, then :func:`coord_split_gates`."""
-    y = F.conv2d(coord_pool(x), conv1_weight, conv1_bias)
-    y = F.batch_norm(y, bn_running_mean, bn_running_var, bn_weight, bn_bias, bn_training, bn_momentum, bn_eps)
-    return coord_split_gates(activation(y, act), x.shape[2], conv_h_weight, conv_h_bias, conv_w_weight,
-                             conv_w_bias, gate)
-
-
 def coord_attention(
     x: Tensor,
     conv1_weight: Tensor,
@@ -126,10 +100,12 @@ def coord_attention(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
 ) -> Tensor:
-    """Coordinate attention (Hou et al., CVPR 2021): ``y = x * a_h * a_w`` with :func:`coord_gates`."""
-    a_h, a_w = coord_gates(x, conv1_weight, conv1_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var,
-                           bn_training, conv_h_weight, conv_h_bias, conv_w_weight, conv_w_bias, act, gate,
-                           bn_momentum, bn_eps)
+    """Coordinate attention (Hou et al., CVPR 2021): ``y = x * a_h * a_w``. :func:`coord_pool`, a
+    shared 1x1 conv + BN + act, then one 1x1 conv and gate per direction (:func:`coord_split_gates`)."""
+    y = F.conv2d(coord_pool(x), conv1_weight, conv1_bias)
+    y = F.batch_norm(y, bn_running_mean, bn_running_var, bn_weight, bn_bias, bn_training, bn_momentum, bn_eps)
+    a_h, a_w = coord_split_gates(activation(y, act), x.shape[2], conv_h_weight, conv_h_bias, conv_w_weight,
+                                 conv_w_bias, gate)
     return x * a_h * a_w
 
 
