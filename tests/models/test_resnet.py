@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cbam
-from cbam.models import ResNet, count_parameters, create_model, list_models, parse_model_name
+from cbam.models import count_parameters, create_model, list_models, parse_model_name
 
 
 @pytest.mark.parametrize("name,params", [

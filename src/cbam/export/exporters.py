@@ -7,7 +7,6 @@ MatMul, Sigmoid) instead of the fused custom op, which tests prove equal to it.
 ``reference_impl`` switches a model's CBAMs to the reference outside exporters too.
 """
 import contextlib
-import os
 from typing import Iterator, Sequence, Set
 
 import torch
