@@ -201,8 +201,8 @@ class CBAM(nn.Module):
     @torch.jit.unused
     def _tail_fusable(self, x: Tensor, identity: Tensor) -> bool:
         # forward hooks expect a call of the module: with hooks registered it runs as self(x)
-        return (identity.shape == x.shape and identity.dtype == x.dtype and not self._forward_hooks
-                and not self._forward_pre_hooks and self.uses_fused(x))
+        return (self.uses_fused(x) and not self._forward_hooks and not self._forward_pre_hooks
+                and identity.shape == x.shape and identity.dtype == x.dtype)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, arrangement={self.arrangement}, impl={self.impl}"

@@ -38,8 +38,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
-        return self.relu(out + identity)
+        out = self.bn2(self.conv2(out))
+        if hasattr(self.attn, "forward_tail"):  # relu(attn(out) + identity) in the attention's last pass
+            return self.attn.forward_tail(out, identity)
+        return self.relu(self.attn(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -66,8 +68,10 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attn(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+        out = self.bn3(self.conv3(out))
+        if hasattr(self.attn, "forward_tail"):
+            return self.attn.forward_tail(out, identity)
+        return self.relu(self.attn(out) + identity)
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]

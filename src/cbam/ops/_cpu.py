@@ -57,6 +57,11 @@ def load() -> Optional[ModuleType]:
     return _mod
 
 
+def loaded() -> Optional[ModuleType]:
+    """The compiled module if it has been loaded already (never builds)."""
+    return _mod
+
+
 def error() -> Optional[str]:
     return _failed
 

@@ -41,7 +41,8 @@ def _triton():
 def kernels_for(x: Tensor) -> ModuleType:
     """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW) or torch."""
     if x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        mod = _cpu.load()
+        # while torch.compile traces a module, only kernels built already count (a build is no graph op)
+        mod = _cpu.loaded() if torch.compiler.is_compiling() else _cpu.load()
         if mod is not None:
             return mod
     if x.device.type == "cuda" and x.is_contiguous():

@@ -43,7 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None       # max global grad norm
     amp: str = "none"                       # none | bf16 | fp16 (fp16 on CUDA only)
-    channels_last: bool = False
+    channels_last: bool = True              # faster for plain and CBAM ResNets alike (cbam bench)
     sync_bn: bool = True                    # under torchrun: batch statistics over all processes
     # run
     seed: int = 0
