@@ -220,3 +220,54 @@ def test_entry_points_check_shapes_and_indices():
     with pytest.raises(RuntimeError, match="idx_s holds indices outside"):
         K.backward_samples(torch.randn_like(x), e, x, mc, ms, pa, pm, ic, bad, torch.zeros_like(mc),
                            torch.zeros_like(ms), w1, e, w2, wc, sd, 1.0, False, e)
+
+
+def test_hooks_and_a_swapped_activation_keep_the_block_call():
+    """Backward hooks on the attention, global hooks and a block whose ReLU was swapped or hooked all
+    need the modules called as such: the block then runs relu(attn(out) + identity) itself."""
+    m = create_model("resnet20", in_chans=1, num_classes=3, attention="cbam")
+    x = torch.randn(4, 1, 12, 12)
+    fired = []
+    h = m.layer1[0].attn.register_full_backward_hook(lambda mod, gi, go: fired.append(1))
+    m(x).sum().backward()
+    h.remove()
+    assert fired == [1]
+    seen = []
+    h = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, out: seen.append(mod) if isinstance(mod, cbam.CBAM) else None)
+    try:
+        m(x)
+    finally:
+        h.remove()
+    assert len(seen) == 9
+    blk = m.layer1[0]
+    blk.relu = torch.nn.LeakyReLU(0.5)
+    inp = torch.randn(2, 16, 6, 6)
+    out = blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(inp)))))
+    torch.testing.assert_close(blk(inp), blk.relu(blk.attn(out) + inp))
+    assert (blk(inp) < 0).any()
+
+
+def test_script_keeps_the_reference_tail():
+    m = create_model("resnet20", in_chans=1, num_classes=3, attention="cbam").eval()
+    s = torch.jit.script(m)
+    x = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(s(x), m(x))
+
+
+def test_channels_last_with_fewer_samples_than_threads_uses_torch_kernels(monkeypatch):
+    _cpp()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert FW.backend_name(x) == "torch" and FW.backend_name(torch.randn(4, 8, 5, 5).to(
+        memory_format=torch.channels_last)) == "cpp"
+    assert FW.backend_name(torch.randn(2, 8, 5, 5)) == "cpp"  # NCHW has batch-wide C++ passes
+
+
+def test_identity_on_another_device_or_dtype_is_refused():
+    m = randomize_(cbam.CBAM(8))
+    x = torch.randn(2, 8, 4, 4)
+    with pytest.raises(ValueError, match="identity must match x"):
+        fused_cbam_tail(x, torch.randn(2, 8, 4, 4, dtype=torch.float64), **_weights(m))
+    with pytest.raises(ValueError, match="identity must match x"):
+        fused_cbam_tail(x, torch.randn(2, 8, 4, 5), **_weights(m))

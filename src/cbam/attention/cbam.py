@@ -200,13 +200,21 @@ class CBAM(nn.Module):
 
     @torch.jit.unused
     def _tail_fusable(self, x: Tensor, identity: Tensor) -> bool:
-        # forward hooks expect a call of the module: with hooks registered it runs as self(x)
-        return (self.uses_fused(x) and not self._forward_hooks and not self._forward_pre_hooks
-                and identity.shape == x.shape and identity.dtype == x.dtype)
+        # hooks (the module's own or global ones) expect a call of the module: then it runs as self(x)
+        return (self.uses_fused(x) and not _has_hooks(self) and identity.shape == x.shape
+                and identity.dtype == x.dtype and identity.device == x.device)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, arrangement={self.arrangement}, impl={self.impl}"
                 + ("" if self.fusable else " (reference only)") + (f", dims={self.dims}" if self.dims != 2 else ""))
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run hooks: its own forward/backward hooks or global module hooks."""
+    from torch.nn.modules import module as M
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks
+                or M._global_backward_pre_hooks)
 
 
 def _first_order_only(grad_outputs: Any) -> None:

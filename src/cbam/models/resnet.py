@@ -7,6 +7,7 @@ module of a block is ``attn``.
 """
 from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..attention.registry import AttentionSpec, create_attention
@@ -16,7 +17,19 @@ def _attn(spec: AttentionSpec, channels: int, kwargs: Optional[Dict[str, Any]]) 
     return create_attention(spec, channels, **(kwargs or {}))
 
 
-class BasicBlock(nn.Module):
+class _Tail:
+    """A residual block's tail ``relu(attn(out) + identity)``, formed by the attention module's
+    ``forward_tail`` where it has one (CBAM's fused path does it in its last pass)."""
+
+    @torch.jit.unused
+    def _attention_tail(self) -> bool:
+        # only for an unhooked nn.ReLU: a swapped activation or a hook on it keeps the block's own call
+        r = self.relu
+        return type(r) is nn.ReLU and not (r._forward_hooks or r._forward_pre_hooks or r._backward_hooks
+                                           or r._backward_pre_hooks)
+
+
+class BasicBlock(_Tail, nn.Module):
     """3x3 -> 3x3 residual block; ``attn`` after ``bn2``. ``(N, Cin, H, W) -> (N, C, H/s, W/s)``."""
 
     expansion = 1
@@ -39,12 +52,12 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if hasattr(self.attn, "forward_tail"):  # relu(attn(out) + identity) in the attention's last pass
-            return self.attn.forward_tail(out, identity)
+        if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
+            return self.attn.forward_tail(out, identity)  # relu(attn(out) + identity) in the attention's last pass
         return self.relu(self.attn(out) + identity)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Tail, nn.Module):
     """1x1 -> 3x3 -> 1x1 residual block (stride on the 3x3, as torchvision); ``attn`` after ``bn3``."""
 
     expansion = 4
@@ -69,7 +82,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if hasattr(self.attn, "forward_tail"):
+        if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
             return self.attn.forward_tail(out, identity)
         return self.relu(self.attn(out) + identity)
 

@@ -81,9 +81,10 @@ def _backward_passes(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Save
 
 def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool,
                       eps: float, max_first: bool) -> List[Tensor]:
-    """The input gradient per sample in C++ (g and x read from DRAM once); the weight gradients from
-    the returned gate gradients with small batched ops. Training-mode BN couples the samples through
-    its statistics: pass A runs first over all samples, then the rest per sample with the BN's du."""
+    """The input gradient per sample in C++ (g and x read from DRAM once; twice with training-mode BN);
+    the weight gradients from the returned gate gradients with small batched ops. Training-mode BN
+    couples the samples through its statistics: pass A runs first over all samples, then the rest per
+    sample with the BN's du."""
     x, mc = s.x, s.mc
     n, c, h, w = x.shape
     acc = mc.dtype

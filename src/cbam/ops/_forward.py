@@ -39,8 +39,11 @@ def _triton():
 
 
 def kernels_for(x: Tensor) -> ModuleType:
-    """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW) or torch."""
-    if x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+    """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW) or torch.
+    channels_last has only per-sample C++ kernels, whose threads take whole samples: with fewer
+    samples than threads the torch ops use the machine better."""
+    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu" and (x.is_contiguous() or (nhwc and x.shape[0] >= torch.get_num_threads())):
         # while torch.compile traces a module, only kernels built already count (a build is no graph op)
         mod = _cpu.loaded() if torch.compiler.is_compiling() else _cpu.load()
         if mod is not None:

@@ -1,7 +1,8 @@
 """The memory passes of fused CBAM written with torch ops: any device, any layout.
 
 The same six functions as the C++ and Triton kernels (see csrc/cbam_cpu.cpp); used
-for channels_last inputs, and wherever no compiled kernel is available. They
+where no compiled kernel applies (channels_last on CUDA, channels_last on the CPU with
+fewer samples than threads, no compiler). They
 materialise temporaries, so they are correct but not memory-lean.
 """
 from typing import Tuple

@@ -128,6 +128,7 @@ class _EagerFused(torch.autograd.Function):
     def forward(ctx, *inputs):
         out = F.forward(kernels_for(inputs[0]), *inputs)
         _setup(ctx, inputs, out)
+        ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None, not zero tensors
         ctx.mark_non_differentiable(out[5], out[7])  # the argmax routes
         return tuple(out)
 
@@ -175,9 +176,10 @@ def fused_cbam_tail_with_gates(
     (``identity`` None: no tail), in the op's last pass. ``identity``: ``x``'s shape and dtype."""
     _check_config(x, pool_types, order, arrangement, act, gate, pool_weight, use_bn, bn_weight, bn_bias, bn_training,
                   bn_running_var)
-    if identity is not None and (identity.shape != x.shape or identity.dtype != x.dtype):
-        raise ValueError(f"the block tail's identity must match x: got {tuple(identity.shape)} {identity.dtype} "
-                         f"for x {tuple(x.shape)} {x.dtype}")
+    if identity is not None and (identity.shape != x.shape or identity.dtype != x.dtype or
+                                 identity.device != x.device):
+        raise ValueError(f"the block tail's identity must match x: got {tuple(identity.shape)} {identity.dtype} on "
+                         f"{identity.device} for x {tuple(x.shape)} {x.dtype} on {x.device}")
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     n, c, h, w = x.shape

@@ -48,7 +48,8 @@ def compare_runs(paths: Sequence[str], out: Optional[str] = None) -> str:
         plot_curves(os.path.join(out, "compare_curves.png"),
                     {os.path.basename(os.path.normpath(r["path"])): r["history"] for r in runs if r["history"]},
                     title="comparison")
-        write_text(os.path.join(out, "compare.md"), "# Run comparison\n\n" + table + "\n\n![curves](compare_curves.png)\n")
+        write_text(os.path.join(out, "compare.md"),
+                   "# Run comparison\n\n" + table + "\n\n![curves](compare_curves.png)\n")
     return table
 
 
@@ -63,6 +64,9 @@ def write_demo_report(out: str, runs: List[Dict], names: List[str], data_source:
         f"Data: **{c['data']}** from {data_source}; train subset {c.get('train_subset') or 'all'}, "
         f"test subset {c.get('test_subset') or 'all'}; {c['epochs']} epochs, batch {c['batch_size']}, "
         f"{c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up {c['warmup_epochs']} epochs), seed {c['seed']}.",
+        f"Configuration: {'channels_last' if c.get('channels_last') else 'NCHW'} memory format, "
+        f"{'fp32' if c.get('amp', 'none') == 'none' else c['amp'] + ' autocast'} (channels_last is the "
+        "training default; `cbam bench` times the formats, and bf16 autocast is opt-in with `--amp bf16`).",
         f"Whole demo wall-clock: {wall_s:.0f} s.", "", table, "", "![curves](curves.png)", "",
         "A short budget on a small subset separates the variants only weakly: differences below about one "
         "point are within seed-to-seed spread at this scale (`cbam ablate --seeds 3` runs the multi-seed comparison; "

@@ -35,9 +35,9 @@ void check_input(const at::Tensor& x, const char* fn) {
 // An optional (empty) or full-size tensor laid out exactly as x.
 void check_like(const at::Tensor& t, const at::Tensor& x, bool nhwc, const char* what, const char* fn) {
   if (t.numel() == 0) return;
-  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() &&
+  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() && t.device() == x.device() &&
                   (nhwc ? t.is_contiguous(at::MemoryFormat::ChannelsLast) : t.is_contiguous()),
-              fn, ": ", what, " must have x's shape ", x.sizes(), ", dtype and memory layout");
+              fn, ": ", what, " must have x's shape ", x.sizes(), ", dtype, device and memory layout");
 }
 
 void check_small(const at::Tensor& t, std::initializer_list<int64_t> sizes, at::ScalarType acc, const char* what,
@@ -210,7 +210,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
   auto pre = need_idx ? at::empty({2, N, hid}, fo) : at::empty({0}, fo);  // MLP pre-activations, for backward
   const int64_t avg_ch = max_first ? 1 : 0;
   CBAM_DISPATCH_LAYOUT(x, "cbam_samples", forward_run,
-      {N, C, H, W, HW, hid, k, avg_ch, 1 - avg_ch, x.data_ptr<scalar_t>(), identity.numel() ? identity.data_ptr<scalar_t>() : nullptr,
+      {N, C, H, W, HW, hid, k, avg_ch, 1 - avg_ch, x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(identity),
        apply_gate ? y.data_ptr<scalar_t>() : nullptr, w1.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b1),
        w2.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b2), wc.data_ptr<acc_t<scalar_t>>(),
        mc.data_ptr<acc_t<scalar_t>>(), ms.data_ptr<acc_t<scalar_t>>(), p_avg.data_ptr<acc_t<scalar_t>>(),

@@ -112,7 +112,8 @@ inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, 
 // Each tap accumulates 16-lane partial sums in registers over all rows (one horizontal sum per tap, not
 // one per row); du is padded with zeros to whole 16-lane blocks.
 template <typename A>
-inline void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw, std::vector<A>& buf) {
+inline void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw,
+                                 std::vector<A>& buf) {
   int64_t Hp, Wp;
   pad_map(in, 2, H, W, k, buf, Hp, Wp);
   const int64_t Wb = (W + kLanes - 1) / kLanes * kLanes;
