@@ -39,6 +39,15 @@ struct Scratch {  // per-thread buffers of the pixel passes
   Scratch(int64_t C) : s(std::max(kBlock, C)), m(kBlock), k(kBlock) {}
 };
 
+// Mean, max and first argmax over the C channel rows (`stride` apart) of x * mc for `len` pixels.
+template <typename T, typename A>
+inline void pool_block(const T* x, int64_t C, int64_t stride, int64_t len, const A* mc, bool need_idx, A* s_avg,
+                       A* s_max, int32_t* is, Scratch<A>& w) {
+  spatial_block(x, C, stride, len, mc, need_idx, w.s.data(), s_max, w.k.data());
+  for (int64_t i = 0; i < len; ++i) s_avg[i] = w.s[i] / static_cast<A>(C);
+  if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is);
+}
+
 struct NCHW {
   static int64_t at(int64_t c, int64_t p, int64_t /*C*/, int64_t HW) { return c * HW + p; }
 
@@ -54,9 +63,7 @@ struct NCHW {
                           int32_t* is, Scratch<A>& w) {
     for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
       const int64_t len = std::min(kBlock, HW - p0);
-      spatial_block(x + p0, C, HW, len, mc, need_idx, w.s.data(), s_max + p0, w.k.data());
-      for (int64_t i = 0; i < len; ++i) s_avg[p0 + i] = w.s[i] / static_cast<A>(C);
-      if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is + p0);
+      pool_block(x + p0, C, HW, len, mc, need_idx, s_avg + p0, s_max + p0, need_idx ? is + p0 : nullptr, w);
     }
   }
 
@@ -188,9 +195,7 @@ struct NHWC {
         const T* row = x + (p0 + i) * C;
         for (int64_t c = 0; c < C; ++c) t[c * len + i] = static_cast<A>(row[c]);
       }
-      spatial_block(t, C, len, len, mc, need_idx, w.s.data(), s_max + p0, w.k.data());
-      for (int64_t i = 0; i < len; ++i) s_avg[p0 + i] = w.s[i] / static_cast<A>(C);
-      if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is + p0);
+      pool_block(t, C, len, len, mc, need_idx, s_avg + p0, s_max + p0, need_idx ? is + p0 : nullptr, w);
     }
   }
 
