@@ -56,3 +56,16 @@ def test_inputs_with_grad_fn_and_bad_shapes():
         K.mlp_backward(dmc[:2], mc, p_avg, p_max, w1, b1, w2, e)
     with pytest.raises(RuntimeError, match=r"pre must be the forward's \(2, N, hid\)"):
         K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, torch.zeros(2, 4, 2))
+
+
+@pytest.mark.parametrize("n,c,hid", [(128, 16, 1), (128, 64, 4), (8, 256, 16), (9, 257, 17), (16, 512, 32)])
+@pytest.mark.parametrize("keep_pre", [False, True])
+def test_both_sides_of_the_small_mlp_loops(n, c, hid, keep_pre):
+    """N*C*hid <= 32768 runs plain loops on one thread, above it the parallel BLAS region: both agree
+    with the torch ops (ResNet-20's and ResNet-50's first MLPs sit at and below the switch)."""
+    dmc, mc, p_avg, p_max, w1, b1, w2 = _args(n, c, hid, True, torch.float64, n + c + hid)
+    want = mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2)
+    pre = mlp_forward(p_avg, p_max, w1, b1, w2, None)[1].contiguous() if keep_pre else torch.empty(0, dtype=dmc.dtype)
+    got = K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, pre)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)

@@ -105,10 +105,12 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Sav
         scale = float((s.bvar.double() + eps).rsqrt() * s.bn_w.double()) if use_bn else 1.0
         dx, d_id, dmc, dms, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, gmc, gms2, *weights, scale,
                                                      max_first, x.new_empty(0, dtype=acc))
-        # the conv's gradients were formed in C++; the rest is elementwise on (N, 1, H, W)
-        _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn,
-                                                   training, s.bmean, s.bvar, eps, need_input=False,
-                                                   need_weight=False)
+        # the conv's gradients were formed in C++; the bias and BN ones are elementwise on (N, 1, H, W)
+        dbc = dbn_w = dbn_b = None
+        if use_bn or s.bc is not None:
+            _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn,
+                                                       training, s.bmean, s.bvar, eps, need_input=False,
+                                                       need_weight=False)
     _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
     return _grads_out(dx, dw1, db1, dw2, db2, dwc.sum(0, keepdim=True), dbc, dbn_w, dbn_b,
                       None if s.out is None else d_id, s, use_bn)

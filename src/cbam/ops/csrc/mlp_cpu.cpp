@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <ATen/ThreadLocalState.h>
 #include <omp.h>
+#include <algorithm>
 #include <exception>
 #include <mutex>
 #include <tuple>
@@ -20,6 +21,64 @@ namespace {
 // Columns [b, e) of `cols` split evenly over nt threads.
 inline std::pair<int64_t, int64_t> share(int64_t cols, int tid, int nt) {
   return {cols * tid / nt, cols * (tid + 1) / nt};
+}
+
+// The same gradients with plain loops on one thread, for small MLPs (N * C * hid <= kSmallMacs): there
+// the parallel region's start-up, five BLAS calls and their buffers cost ~10x the arithmetic.
+constexpr int64_t kSmallMacs = 1 << 15;
+
+template <typename A>
+void mlp_backward_loops(int64_t N, int64_t C, int64_t hid, const A* dmc, const A* mc, const A* pa, const A* pm,
+                        const A* w1, const A* b1, const A* w2, const A* pre, A* dpa, A* dpm, A* dw1, A* dw2, A* db1,
+                        A* db2) {
+  std::vector<A> a(2 * N * hid), dz(N * C), hs(N * hid), da(2 * N * hid, A(0));
+  const A* p[2] = {pa, pm};
+  A* dp[2] = {dpa, dpm};
+  for (int64_t b = 0; b < 2; ++b)  // the hidden pre-activations, unless the forward kept them
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < hid; ++j) {
+        A s = b1 ? b1[j] : A(0);
+        if (pre) {
+          s = pre[(b * N + n) * hid + j];
+        } else {
+          for (int64_t c = 0; c < C; ++c) s += w1[j * C + c] * p[b][n * C + c];
+        }
+        a[(b * N + n) * hid + j] = s;
+      }
+  for (int64_t i = 0; i < N * C; ++i) dz[i] = dmc[i] * mc[i] * (A(1) - mc[i]);
+  for (int64_t i = 0; i < N * hid; ++i) hs[i] = std::max(a[i], A(0)) + std::max(a[N * hid + i], A(0));
+  std::fill(dw2, dw2 + C * hid, A(0));
+  std::fill(db2, db2 + C, A(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const A z = dz[n * C + c];
+      db2[c] += 2 * z;  // the bias is added once per branch
+      for (int64_t j = 0; j < hid; ++j) {
+        dw2[c * hid + j] += z * hs[n * hid + j];
+        const A g = z * w2[c * hid + j];  // dz w2, into both branches through relu'
+        da[n * hid + j] += a[n * hid + j] > 0 ? g : A(0);
+        da[(N + n) * hid + j] += a[(N + n) * hid + j] > 0 ? g : A(0);
+      }
+    }
+  std::fill(dw1, dw1 + hid * C, A(0));
+  if (db1) std::fill(db1, db1 + hid, A(0));
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t n = 0; n < N; ++n) {
+      A* out = dp[b] + n * C;
+      const A* in = p[b] + n * C;
+      std::fill(out, out + C, A(0));
+      for (int64_t j = 0; j < hid; ++j) {
+        const A g = da[(b * N + n) * hid + j];
+        if (db1) db1[j] += g;
+        A* wr = dw1 + j * C;
+        const A* w = w1 + j * C;
+        _Pragma("omp simd")
+        for (int64_t c = 0; c < C; ++c) {
+          wr[c] += g * in[c];
+          out[c] += g * w[c];
+        }
+      }
+    }
 }
 
 }  // namespace
@@ -39,6 +98,19 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "mlp_backward: float32 or float64 expected");
   for (const auto* t : {&dmc, &mc, &p_max, &w1, &w2, &b1})
     TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous(), "mlp_backward: contiguous tensors of one dtype expected");
+
+  if (N * C * hid <= kSmallMacs && (pre.numel() == 0 || (pre.numel() == 2 * N * hid && pre.is_contiguous()))) {
+    auto o = p_avg.options();
+    auto dpa = at::empty({N, C}, o), dpm = at::empty({N, C}, o), dw1 = at::empty({hid, C}, o);
+    auto dw2 = at::empty({C, hid}, o), db2 = at::empty({C}, o);
+    auto db1 = b1.numel() ? at::empty({hid}, o) : at::empty({0}, o);
+    AT_DISPATCH_FLOATING_TYPES(dt, "mlp_backward", [&] {
+      auto ptr = [](const at::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
+      mlp_backward_loops<scalar_t>(N, C, hid, ptr(dmc), ptr(mc), ptr(p_avg), ptr(p_max), ptr(w1), ptr(b1), ptr(w2),
+                                   ptr(pre), ptr(dpa), ptr(dpm), ptr(dw1), ptr(dw2), ptr(db1), ptr(db2));
+    });
+    return {dpa, dpm, dw1, dw2, db1, db2};
+  }
 
   at::NoGradGuard no_grad;  // saved outputs unpacked in backward carry grad_fn; nothing here is differentiated
   const at::ThreadLocalState tls;  // grad mode and dispatch state for the OpenMP threads, as at::parallel_for does
