@@ -54,7 +54,7 @@ ablate --suite cluttered --out "$OUT/cluttered"
 
 if [ "${PUBLISH:-0}" = 1 ]; then
   for v in baseline se cbam; do
-    "$PY" -m cbam.models.pretrained "$OUT/$MAIN/$v/seed0" --tag fashion-mnist --min-acc "$MIN_ACC" \
+    "$PY" -m cbam publish "$OUT/$MAIN/$v/seed0" --tag fashion-mnist --min-acc "$MIN_ACC" \
       ${DEST:+--dest "$DEST"}
   done
 fi

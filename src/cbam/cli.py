@@ -5,6 +5,7 @@ on stderr and exit code 2; ``--debug`` or ``CBAM_DEBUG=1`` shows the traceback.
 """
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from typing import Any, List, Optional, Tuple
@@ -300,6 +301,32 @@ def _add_tool_commands(sub: Any) -> None:
     b.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: checks the machinery only")
     b.add_argument("--out", help="also write the markdown table here")
     b.set_defaults(fn=cmd_bench)
+    _add_publish_command(sub)
+
+
+def cmd_publish(a: argparse.Namespace) -> int:
+    from .models import pretrained
+    if a.list or not a.run:
+        print("\n".join(f"{m}: pretrained='{t}'" for m, t in pretrained.available()) or "no pretrained weights shipped")
+        return 0
+    if not a.tag:
+        raise ValueError("--tag is required to publish (e.g. --tag fashion-mnist)")
+    w, c = pretrained.publish(a.run, a.tag, a.name, a.dest, a.min_acc, a.licence)
+    with open(c, encoding="utf-8") as f:
+        print(f"written {w} and {c} (test top-1 {json.load(f)['test_top1']:.2f} %)")
+    return 0
+
+
+def _add_publish_command(sub: Any) -> None:
+    p = sub.add_parser("publish", help="a finished run as shipped pretrained weights + model card")
+    p.add_argument("run", nargs="?", help="run folder written by `cbam train` / `cbam ablate`")
+    p.add_argument("--tag", help="e.g. fashion-mnist: create_model(name, pretrained=TAG)")
+    p.add_argument("--name", help="model name (default: the run's, e.g. resnet20_cbam)")
+    p.add_argument("--dest", help="output folder (default: the package's pretrained folder)")
+    p.add_argument("--min-acc", type=float, help="refuse below this test top-1 (%%)")
+    p.add_argument("--licence", help="licence text (default for Fashion-MNIST runs: MIT)")
+    p.add_argument("--list", action="store_true", help="list the shipped checkpoints")
+    p.set_defaults(fn=cmd_publish)
 
 
 def _after_interrupt(a: argparse.Namespace) -> str:

@@ -47,11 +47,11 @@ def test_empty_class_folder_is_an_error(tmp_path):
         load_dataset("folder", "train", str(tmp_path))
 
 
-def test_no_split_holds_out_a_seeded_part_with_a_note(tmp_path, capsys):
+def test_no_split_holds_out_a_seeded_part_with_a_note(tmp_path, caplog):
     _folder(tmp_path, "ab", n=10)
     tr = load_dataset("folder", "train", str(tmp_path), image_size=8)
     te = load_dataset("folder", "test", str(tmp_path), image_size=8)
-    assert "holding out 20% of every class (seed 0)" in capsys.readouterr().err
+    assert "holding out 20% of every class (seed 0)" in caplog.text
     assert len(tr) == 16 and len(te) == 4 and te.labels.tolist() == [0, 0, 1, 1]
     values = lambda d: sorted(int(x[0, 0, 0]) for x in d.images)  # noqa: E731
     assert not set(values(tr)) & set(values(te))  # disjoint: the old code tested on the training set

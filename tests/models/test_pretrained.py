@@ -69,7 +69,8 @@ def test_publish_refuses_below_min_acc_and_unstated_licence(run_dir, shelf):
         pretrained.publish(run_dir, "x", licence="CC0", min_acc=99.9)
     with pytest.raises(ValueError, match="state the licence"):
         pretrained.publish(run_dir, "x")
-    assert pretrained.main([run_dir, "--tag", "cli", "--licence", "CC0", "--dest", str(shelf)]) == 0
+    from cbam.cli import main
+    assert main(["publish", run_dir, "--tag", "cli", "--licence", "CC0", "--dest", str(shelf)]) == 0
     assert os.path.exists(shelf / "resnet20_cbam-cli.json")
 
 

@@ -6,8 +6,8 @@ the training tree; test folders are mapped by name, so ``test/`` may lack a clas
 but may not add one. Without a split, a fixed, seeded part of every class is held
 out as the test split, and a note says so.
 """
+import logging
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,6 +17,7 @@ from .datasets import Split, register_dataset
 _EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
+_log = logging.getLogger(__name__)
 _noted: set = set()  # roots whose hold-out note was printed (once per process, not per split)
 
 Files = List[Tuple[str, int]]
@@ -109,8 +110,8 @@ def load_folder(split: str, root: Optional[str], image_size: int = 32) -> Split:
     else:
         if root not in _noted:
             _noted.add(root)
-            print(f"note: {root} has no train/ and test/ folders; holding out {HOLDOUT_FRACTION:.0%} of every "
-                  f"class (seed {HOLDOUT_SEED}) as the test split", file=sys.stderr)
+            _log.warning("note: %s has no train/ and test/ folders; holding out %.0f%% of every class (seed %d) as "
+                         "the test split", root, 100 * HOLDOUT_FRACTION, HOLDOUT_SEED)
         files = holdout(files, split)
         if not files:
             raise ValueError(f"{pool}: too few images to hold out a test split (need 2 per class)")

@@ -8,20 +8,18 @@ cannot go missing behind a dead link.
 
 A finished run becomes a shipped checkpoint with one command::
 
-    python -m cbam.models.pretrained runs/x --tag fashion-mnist --min-acc 92
+    cbam publish runs/x --tag fashion-mnist --min-acc 92
 
 which evaluates the run on the full test split, writes both files into the package
 folder, and refuses a run that is unfinished or below ``--min-acc``.
 """
-import argparse
 import dataclasses
 import glob
 import hashlib
 import json
 import os
-import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -182,33 +180,3 @@ def publish(run: str, tag: str, name: Optional[str] = None, dest: Optional[str] 
         card["builtin_subset_top1"] = round(builtin_subset_top1(model, cfg.image_size), 2)
     write_json(base + ".json", card)
     return base + ".safetensors", base + ".json"
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbam.models.pretrained",
-                                description="publish a finished run as shipped pretrained weights + model card")
-    p.add_argument("run", nargs="?", help="run folder written by `cbam train` / `cbam ablate`")
-    p.add_argument("--tag", help="e.g. fashion-mnist: create_model(name, pretrained=TAG)")
-    p.add_argument("--name", help="model name (default: the run's, e.g. resnet20_cbam)")
-    p.add_argument("--dest", help=f"output folder (default {SEARCH_PATH[0]})")
-    p.add_argument("--min-acc", type=float, help="refuse below this test top-1 (%%)")
-    p.add_argument("--licence", help="licence text (default for Fashion-MNIST runs: MIT)")
-    p.add_argument("--list", action="store_true", help="list the shipped checkpoints")
-    a = p.parse_args(argv)
-    if a.list or not a.run:
-        print("\n".join(f"{m}: pretrained='{t}'" for m, t in available()) or "no pretrained weights shipped")
-        return 0
-    if not a.tag:
-        p.error("--tag is required to publish")
-    try:
-        w, c = publish(a.run, a.tag, a.name, a.dest, a.min_acc, a.licence)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"publish: error: {e}", file=sys.stderr)
-        return 2
-    with open(c, encoding="utf-8") as f:
-        print(f"written {w} and {c} (test top-1 {json.load(f)['test_top1']:.2f} %)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
