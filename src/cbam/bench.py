@@ -75,7 +75,7 @@ def bandwidth(x: torch.Tensor, reps: int) -> Dict[str, float]:
     return {"read": t["read"], "write": max(t["copy"] - t["read"], t["read"] * 0.5)}
 
 
-def _mlp_alone(x: torch.Tensor, m: CBAM) -> Callable[[], object]:
+def mlp_alone(x: torch.Tensor, m: CBAM) -> Callable[[], object]:
     """The channel MLP by itself on (2, N, C) pooled descriptors, in its fewest multiply-adds (the second
     layer applied once to the sum of both branches' hidden units): the compute any implementation
     must do besides moving x. It outweighs x's memory traffic when x is small and C is 2048."""
@@ -110,7 +110,7 @@ def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm
                 m(xr).backward(gy)
                 xr.grad = None
             return run
-        mlp = _mlp_alone(x, ref)
+        mlp = mlp_alone(x, ref)
         with torch.no_grad():
             t_mlp = timed_rounds({"mlp": mlp}, reps, device)["mlp"]
         t = timed_rounds({"ref": no_grad(ref), "fus": no_grad(fus), "fus_g": lambda: fus(xr),  # fus_g keeps

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .attention import CBAM
-from .bench import bandwidth, timed_rounds
+from .bench import mlp_alone, bandwidth, timed_rounds
 from .models import create_model
 
 
@@ -110,10 +110,7 @@ def added_bound(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, reps: int
             # the same bytes as float32: torch's bf16 reductions on the CPU are compute-bound, not a read
             t = torch.randn(max(1, shape.numel() * torch.finfo(dt).bits // 32))
             bw = bandwidth(t, reps)
-            fc1, fc2 = mod.channel.fc1, mod.channel.fc2
-            p = torch.randn(2, shape[0], shape[1])
-            mlp = timed_rounds({"mlp": lambda: torch.sigmoid(fc2(torch.relu(fc1(p)).sum(0)))}, reps,
-                               torch.device("cpu"))["mlp"]
+            mlp = timed_rounds({"mlp": mlp_alone(torch.empty(shape[:2]), mod)}, reps, torch.device("cpu"))["mlp"]
             seen[key] = (bw["read"] + mlp, 2 * bw["read"] + bw["write"] + 3 * mlp)
         inf, trn = inf + seen[key][0], trn + seen[key][1]
     return inf, trn
