@@ -91,7 +91,7 @@ struct Forward {
                    w);
     conv_kxk(sdn, H, W, wc, k, cb, u, pbuf);
     if (!apply_gate) return;  // training-mode BN: the gate needs the batch's statistics first
-    for (int64_t p = 0; p < HW; ++p) u[p] = sigmoid(sc * u[p] + sh);
+    sigmoid_affine(u, HW, sc, sh);
     L::apply(xn, C, HW, g, u, id ? id + n * C * HW : nullptr, y + n * C * HW);
   }
 };

@@ -13,16 +13,19 @@
 #include <vector>
 
 #include "pool.h"
+#include "nhwc_avx512.h"
 
 namespace cbam_cpu {
 namespace sample {
 
-// The gradient reaching y = x * mc * ms. With the fused block tail (out = relu(y + identity)) it is
-// the incoming gradient where out > 0 and 0 elsewhere, as relu's backward gives; o == nullptr: no tail.
-template <typename T, typename A>
+// The gradient reaching y = x * mc * ms. With the fused block tail (Tail; out = relu(y + identity)) it
+// is the incoming gradient where out > 0 and 0 elsewhere, as relu's backward gives. A compile-time
+// flag, not a null test per element: gcc does not vectorise a reduction loop with a conditional load.
+template <bool Tail, typename T, typename A>
 inline A grad_at(const T* g, const T* o, int64_t i) {
   const A v = static_cast<A>(g[i]);
-  return (o == nullptr || static_cast<A>(o[i]) > A(0)) ? v : A(0);
+  if constexpr (Tail) return static_cast<A>(o[i]) > A(0) ? v : A(0);
+  return v;
 }
 
 // y = x * w * s, or relu(y + id) with the fused block tail.
@@ -83,6 +86,13 @@ struct NCHW {
   template <typename T, typename A>
   static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& w) {
+    if (o) reduce_t<true>(g, o, x, C, HW, mc, ms, dmc, dms, w);
+    else reduce_t<false>(g, o, x, C, HW, mc, ms, dmc, dms, w);
+  }
+
+  template <bool Tail, typename T, typename A>
+  static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
+                     A* dms, Scratch<A>& w) {
     A* acc = w.s.data();
     for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
       const int64_t len = std::min(kBlock, HW - p0);
@@ -93,7 +103,7 @@ struct NCHW {
         A dot = 0;
         _Pragma("omp simd reduction(+:dot)")
         for (int64_t i = 0; i < len; ++i) {
-          const A v = grad_at<T, A>(g, o, r + i) * static_cast<A>(x[r + i]);
+          const A v = grad_at<Tail, T, A>(g, o, r + i) * static_cast<A>(x[r + i]);
           acc[i] += v * wc;
           dot += v * ms[p0 + i];
         }
@@ -119,12 +129,19 @@ struct NCHW {
   template <typename T, typename A>
   static void input_grad(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
                          const A* off, T* dx, T* did) {
+    if (o) input_grad_t<true>(g, o, C, HW, mc, ms, a, off, dx, did);
+    else input_grad_t<false>(g, o, C, HW, mc, ms, a, off, dx, did);
+  }
+
+  template <bool Tail, typename T, typename A>
+  static void input_grad_t(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
+                         const A* off, T* dx, T* did) {
     for (int64_t c = 0; c < C; ++c) {
       const A w = mc[c], b = off[c];
       const int64_t r = c * HW;
       _Pragma("omp simd")
       for (int64_t p = 0; p < HW; ++p) {
-        const A gv = grad_at<T, A>(g, o, r + p);
+        const A gv = grad_at<Tail, T, A>(g, o, r + p);
         dx[r + p] = to_storage<T>(gv * w * ms[p] + w * a[p] + b);
         if (did) did[r + p] = to_storage<T>(gv);
       }
@@ -138,6 +155,9 @@ struct NHWC {
   // Per channel over the HW pixel rows: running sum, max and first argmax in C-long vectors.
   template <typename T, typename A>
   static void pool_channels(const T* x, int64_t C, int64_t HW, bool need_idx, A* avg, A* mx, int32_t* ic) {
+    if constexpr (kTiles<T, A>) {
+      if (C % 16 == 0) return pool_channels_16(x, C, HW, need_idx, avg, mx, ic);
+    }
     for (int64_t c = 0; c < C; ++c) { avg[c] = 0; mx[c] = -std::numeric_limits<A>::infinity(); }
     if (need_idx) std::fill(ic, ic + C, 0);
     for (int64_t p = 0; p < HW; ++p) {
@@ -166,7 +186,8 @@ struct NHWC {
 
   // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool). Short rows
   // (C < kWideRow) would pay a few horizontal reductions per pixel for a handful of channels: there a
-  // block of pixels is transposed into w.t (C rows of `len` pixels) and reduced down the channels as
+  // block of pixels is transposed into w.t (C rows of `len` pixels; 16x16 register tiles where C is a
+  // multiple of 16, nhwc_avx512.h) and reduced down the channels as
   // NCHW does (spatial_block), with the same strict-> tie rule.
   static constexpr int64_t kWideRow = 64;
 
@@ -186,12 +207,19 @@ struct NHWC {
   template <typename T, typename A>
   static void pool_pixels_short(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg,
                                 A* s_max, int32_t* is, Scratch<A>& w) {
-    const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, 4096 / std::max<int64_t>(C, 1)));
+    const int64_t block = std::max<int64_t>(16, std::min<int64_t>(kBlock, 4096 / std::max<int64_t>(C, 1)) / 16 * 16);
     w.t.resize(C * block);
     A* t = w.t.data();
     for (int64_t p0 = 0; p0 < HW; p0 += block) {
       const int64_t len = std::min(block, HW - p0);
-      for (int64_t i = 0; i < len; ++i) {
+      int64_t i0 = 0;
+      if constexpr (kTiles<T, A>) {
+        if (C % 16 == 0) {
+          i0 = len / 16 * 16;
+          transpose_tiles(x + p0 * C, C, i0, t, len);
+        }
+      }
+      for (int64_t i = i0; i < len; ++i) {
         const T* row = x + (p0 + i) * C;
         for (int64_t c = 0; c < C; ++c) t[c * len + i] = static_cast<A>(row[c]);
       }
@@ -212,6 +240,13 @@ struct NHWC {
 
   template <typename T, typename A>
   static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
+                     A* dms, Scratch<A>& w) {
+    if (o) reduce_t<true>(g, o, x, C, HW, mc, ms, dmc, dms, w);
+    else reduce_t<false>(g, o, x, C, HW, mc, ms, dmc, dms, w);
+  }
+
+  template <bool Tail, typename T, typename A>
+  static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& /*w*/) {
     for (int64_t p = 0; p < HW; ++p) {
       const A s = ms[p];
@@ -219,7 +254,7 @@ struct NHWC {
       A dot = 0;
       _Pragma("omp simd reduction(+:dot)")
       for (int64_t c = 0; c < C; ++c) {
-        const A v = grad_at<T, A>(g, o, r + c) * static_cast<A>(x[r + c]);
+        const A v = grad_at<Tail, T, A>(g, o, r + c) * static_cast<A>(x[r + c]);
         dmc[c] += v * s;
         dot += v * mc[c];
       }
@@ -240,12 +275,19 @@ struct NHWC {
   template <typename T, typename A>
   static void input_grad(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
                          const A* off, T* dx, T* did) {
+    if (o) input_grad_t<true>(g, o, C, HW, mc, ms, a, off, dx, did);
+    else input_grad_t<false>(g, o, C, HW, mc, ms, a, off, dx, did);
+  }
+
+  template <bool Tail, typename T, typename A>
+  static void input_grad_t(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
+                         const A* off, T* dx, T* did) {
     for (int64_t p = 0; p < HW; ++p) {
       const A s = ms[p], ap = a[p];
       const int64_t r = p * C;
       _Pragma("omp simd")
       for (int64_t c = 0; c < C; ++c) {
-        const A gv = grad_at<T, A>(g, o, r + c);
+        const A gv = grad_at<Tail, T, A>(g, o, r + c);
         dx[r + c] = to_storage<T>(gv * mc[c] * s + mc[c] * ap + off[c]);
         if (did) did[r + c] = to_storage<T>(gv);
       }

@@ -9,11 +9,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "conv_small.h"
+
 namespace cbam_cpu {
 namespace sample {
-
-template <typename A>
-inline A sigmoid(A z) { return A(1) / (A(1) + std::exp(-z)); }
 
 // mc = sigmoid(W2 relu(W1 avg + b1) + W2 relu(W1 mx + b1) + 2 b2); w1 (hid, C), w2 (C, hid).
 template <typename A>
@@ -58,95 +57,6 @@ inline void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at:
   const A* zp = z.data_ptr<A>();
   for (int64_t i = 0; i < G; ++i)
     for (int64_t c = 0; c < C; ++c) mc[i * C + c] = sigmoid(zp[i * C + c] + (b2 ? 2 * b2[c] : A(0)));
-}
-
-constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
-
-// Copies the (ch, H, W) map `in` into buf as (ch, H + 2p, Wp) with zero borders (p = k / 2; Wp leaves
-// room for a full 16-lane block past the last column), so the k x k taps need no bounds checks.
-template <typename A>
-inline void pad_map(const A* in, int64_t ch, int64_t H, int64_t W, int64_t k, std::vector<A>& buf, int64_t& Hp,
-                    int64_t& Wp) {
-  const int64_t pad = k / 2;
-  Hp = H + 2 * pad;
-  Wp = (W + kLanes - 1) / kLanes * kLanes + 2 * pad;
-  buf.assign(ch * Hp * Wp, A(0));
-  for (int64_t ci = 0; ci < ch; ++ci)
-    for (int64_t y = 0; y < H; ++y)
-      std::copy(in + (ci * H + y) * W, in + (ci * H + y + 1) * W, buf.data() + (ci * Hp + y + pad) * Wp + pad);
-}
-
-// out[y, x] = bias + sum_{c, dy, dx} P[c, y + dy, x + dx] w[c, dy, dx] over a padded (ch, Hp, Wp) map P:
-// each block of 16 outputs accumulates all ch k^2 taps in registers (one store per output).
-template <typename A>
-inline void correlate(const A* P, int64_t ch, int64_t Hp, int64_t Wp, const A* w, int64_t k, int64_t H, int64_t W,
-                      A bias, A* out) {
-  for (int64_t y = 0; y < H; ++y)
-    for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
-      A acc[kLanes];
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] = bias;
-      for (int64_t ci = 0; ci < ch; ++ci)
-        for (int64_t dy = 0; dy < k; ++dy) {
-          const A* src = P + (ci * Hp + y + dy) * Wp + x0;
-          const A* wr = w + (ci * k + dy) * k;
-          for (int64_t dx = 0; dx < k; ++dx) {
-            const A wv = wr[dx];
-            _Pragma("omp simd")
-            for (int64_t l = 0; l < kLanes; ++l) acc[l] += wv * src[dx + l];
-          }
-        }
-      const int64_t n = std::min(kLanes, W - x0);
-      for (int64_t l = 0; l < n; ++l) out[y * W + x0 + l] = acc[l];
-    }
-}
-
-// out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
-template <typename A>
-inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(in, 2, H, W, k, buf, Hp, Wp);
-  correlate(buf.data(), 2, Hp, Wp, wc, k, H, W, bias, out);
-}
-
-// The kernel's gradient of conv_kxk for one sample: dw[ci, dy, dx] = sum_{y,x} du[y, x] in[ci, y+dy-p, x+dx-p].
-// Each tap accumulates 16-lane partial sums in registers over all rows (one horizontal sum per tap, not
-// one per row); du is padded with zeros to whole 16-lane blocks.
-template <typename A>
-inline void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W, int64_t k, A* dw,
-                                 std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(in, 2, H, W, k, buf, Hp, Wp);
-  const int64_t Wb = (W + kLanes - 1) / kLanes * kLanes;
-  std::vector<A> d(H * Wb, A(0));
-  for (int64_t y = 0; y < H; ++y) std::copy(du + y * W, du + (y + 1) * W, d.data() + y * Wb);
-  for (int64_t ci = 0; ci < 2; ++ci)
-    for (int64_t dy = 0; dy < k; ++dy)
-      for (int64_t dx = 0; dx < k; ++dx) {
-        A a[kLanes] = {};
-        for (int64_t y = 0; y < H; ++y) {
-          const A *src = buf.data() + (ci * Hp + y + dy) * Wp + dx, *dv = d.data() + y * Wb;
-          for (int64_t x0 = 0; x0 < Wb; x0 += kLanes) {
-            _Pragma("omp simd")
-            for (int64_t l = 0; l < kLanes; ++l) a[l] += dv[x0 + l] * src[x0 + l];
-          }
-        }
-        A s = 0;
-        for (int64_t l = 0; l < kLanes; ++l) s += a[l];
-        dw[(ci * k + dy) * k + dx] = s;
-      }
-}
-
-// The adjoint of conv_kxk: din[ci] = the correlation of the padded dout with ci's kernel flipped in both axes.
-template <typename A>
-inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, int64_t k, A* din,
-                             std::vector<A>& buf) {
-  int64_t Hp, Wp;
-  pad_map(dout, 1, H, W, k, buf, Hp, Wp);
-  std::vector<A> flipped(k * k);
-  for (int64_t ci = 0; ci < 2; ++ci) {
-    for (int64_t i = 0; i < k * k; ++i) flipped[i] = wc[ci * k * k + k * k - 1 - i];
-    correlate(buf.data(), 1, Hp, Wp, flipped.data(), k, H, W, A(0), din + ci * H * W);
-  }
 }
 
 // d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python).

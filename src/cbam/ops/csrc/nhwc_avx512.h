@@ -1,0 +1,133 @@
+// AVX-512 register blocks for the channels_last (NHWC) passes of the per-sample kernels, where C is a
+// multiple of 16; storage types float, bfloat16 and half are widened to float on load.
+//  - transpose_tiles: 16 x 16 tiles transposed in registers, for the per-pixel reductions over short
+//    pixel rows (C < 64): a block of pixels becomes C rows of pixels, reduced down the rows with
+//    full vectors as NCHW does. An element-wise transpose does one scalar strided store per value
+//    (~40 % of a 16-channel 28x28 sample's forward); a tile costs 64 shuffles for 256 values.
+//  - pool_channels_16: per-channel sum / max / first argmax over the pixels, 16 channels in
+//    registers: the generic loop keeps them in memory (a load-add-store chain per pixel).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace cbam_cpu {
+namespace sample {
+
+// Whether transpose_tiles handles storage T with accumulation A on this build.
+template <typename T, typename A>
+constexpr bool kTiles =
+#if defined(__AVX512F__)
+    std::is_same_v<A, float> &&
+    (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+#else
+    false;
+#endif
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {  // bf16 is the top half of a float
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// r[i][j] <- r[j][i]: pairs of rows interleaved at 32-, 64-, 128- and 256-bit granularity.
+inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      const __m512d a = _mm512_castps_pd(t[i + j]), b = _mm512_castps_pd(t[i + j + 2]);
+      r[i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
+}
+#endif
+
+// t[c * ld + i] = x[i * C + c] for pixels i < n16 (a multiple of 16) and channels c < C (a multiple of
+// 16). Only where kTiles<T, A>.
+template <typename T>
+inline void transpose_tiles(const T* x, int64_t C, int64_t n16, float* t, int64_t ld) {
+#if defined(__AVX512F__)
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < n16; i0 += 16)
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      for (int i = 0; i < 16; ++i) r[i] = load16(x + (i0 + i) * C + c0);
+      transpose16(r);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_ps(t + (c0 + c) * ld + i0, r[c]);
+    }
+#else
+  (void)x, (void)C, (void)n16, (void)t, (void)ld;
+#endif
+}
+
+// Per channel: mean, max and first argmax (strict >, as the generic loop) over the HW pixel rows of x.
+// Without the argmax, four pixels' accumulators run side by side.
+template <typename T>
+inline void pool_channels_16(const T* x, int64_t C, int64_t HW, bool need_idx, float* avg, float* mx, int32_t* ic) {
+#if defined(__AVX512F__)
+  const __m512 n = _mm512_set1_ps(static_cast<float>(HW)), lo = _mm512_set1_ps(-INFINITY);
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    const T* col = x + c0;
+    if (need_idx) {
+      __m512 s = _mm512_setzero_ps(), m = lo;
+      __m512i k = _mm512_setzero_si512(), pi = k;
+      const __m512i one = _mm512_set1_epi32(1);
+      for (int64_t p = 0; p < HW; ++p) {
+        const __m512 v = load16(col + p * C);
+        s = _mm512_add_ps(s, v);
+        const __mmask16 gt = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ);
+        m = _mm512_mask_mov_ps(m, gt, v);
+        k = _mm512_mask_mov_epi32(k, gt, pi);
+        pi = _mm512_add_epi32(pi, one);
+      }
+      _mm512_storeu_ps(avg + c0, _mm512_div_ps(s, n));
+      _mm512_storeu_ps(mx + c0, m);
+      _mm512_storeu_si512(ic + c0, k);
+      continue;
+    }
+    __m512 s[4], m[4];
+    for (int j = 0; j < 4; ++j) s[j] = _mm512_setzero_ps(), m[j] = lo;
+    int64_t p = 0;
+    for (; p + 4 <= HW; p += 4)
+      for (int j = 0; j < 4; ++j) {
+        const __m512 v = load16(col + (p + j) * C);
+        s[j] = _mm512_add_ps(s[j], v);
+        m[j] = _mm512_max_ps(v, m[j]);  // (v, m): a NaN in v leaves m, as the generic loop does
+      }
+    for (; p < HW; ++p) {
+      const __m512 v = load16(col + p * C);
+      s[0] = _mm512_add_ps(s[0], v);
+      m[0] = _mm512_max_ps(v, m[0]);
+    }
+    const __m512 S = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+    _mm512_storeu_ps(avg + c0, _mm512_div_ps(S, n));
+    _mm512_storeu_ps(mx + c0, _mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])));
+  }
+#else
+  (void)x, (void)C, (void)HW, (void)need_idx, (void)avg, (void)mx, (void)ic;
+#endif
+}
+
+}  // namespace sample
+}  // namespace cbam_cpu

@@ -1,0 +1,62 @@
+"""channels_last per-sample kernels at channel counts that are multiples of 16, where the AVX-512
+register paths run (16x16 tile transposes for the per-pixel reductions, register accumulators for
+the per-channel pooling): values, gradients and first-argmax routing against cbam.functional."""
+import pytest
+import torch
+
+import cbam
+from cbam.ops import _cpu
+
+pytestmark = pytest.mark.skipif(_cpu.load() is None, reason="C++ kernels not built here")
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
+       torch.float16: dict(rtol=5e-3, atol=5e-3)}
+
+
+def _pair(c):
+    torch.manual_seed(c)
+    ref = cbam.CBAM(c, impl="reference")
+    for p in ref.parameters():
+        p.data.normal_(0, 0.3)
+    fus = cbam.CBAM(c, impl="fused")
+    fus.load_state_dict(ref.state_dict())
+    return ref, fus
+
+
+def _run(m, x, g, identity=None):
+    x = x.clone().requires_grad_()
+    idn = None if identity is None else identity.clone().requires_grad_()
+    y = m(x) if idn is None else m.forward_tail(x, idn)
+    (y.float() * g).sum().backward()
+    return [y.float(), x.grad.float()] + ([] if idn is None else [idn.grad.float()])
+
+
+@pytest.mark.parametrize("c", [16, 32, 48, 64, 80])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tail", [False, True])
+def test_channels_last_multiples_of_16(c, dtype, tail):
+    """7x9 maps: 63 pixels, so the tile transpose leaves a 15-pixel remainder to the scalar loop."""
+    ref, fus = _pair(c)
+    torch.manual_seed(c + 1)
+    x = torch.randn(4, c, 7, 9).to(dtype).to(memory_format=torch.channels_last)
+    g = torch.randn(4, c, 7, 9)
+    idn = torch.randn_like(x) if tail else None
+    assert fus.uses_fused(x)
+    want = _run(ref.double(), x.double(), g.double(), None if idn is None else idn.double())
+    got = _run(fus, x, g, idn)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("c", [16, 64])
+def test_channels_last_ties_route_to_the_first(c):
+    """Integer-valued input: channel and pixel maxima tie often; the gradient routes through the
+    first maximum in both layouts, as the reference's max(dim) does."""
+    ref, fus = _pair(c)
+    torch.manual_seed(7)
+    x = torch.randint(-3, 4, (4, c, 6, 10)).float()
+    x[0, 0] = 2.0  # a channel whose every pixel ties
+    g = torch.randn_like(x)
+    want = _run(ref, x, g)
+    got = _run(fus, x.contiguous(memory_format=torch.channels_last), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
