@@ -248,6 +248,9 @@ struct NHWC {
   template <bool Tail, typename T, typename A>
   static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& /*w*/) {
+    if constexpr (kTiles<T, A>) {
+      if (C % 16 == 0) return reduce_16<Tail>(g, o, x, C, HW, mc, ms, dmc, dms);
+    }
     for (int64_t p = 0; p < HW; ++p) {
       const A s = ms[p];
       const int64_t r = p * C;
@@ -264,6 +267,9 @@ struct NHWC {
 
   template <typename T, typename A>
   static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
+    if constexpr (kTiles<T, A>) {
+      if (C % 16 == 0) return row_dot_16(x, C, HW, a, dmc);
+    }
     for (int64_t p = 0; p < HW; ++p) {
       const A ap = a[p];
       const T* row = x + p * C;

@@ -4,8 +4,10 @@
 //    pixel rows (C < 64): a block of pixels becomes C rows of pixels, reduced down the rows with
 //    full vectors as NCHW does. An element-wise transpose does one scalar strided store per value
 //    (~40 % of a 16-channel 28x28 sample's forward); a tile costs 64 shuffles for 256 values.
-//  - pool_channels_16: per-channel sum / max / first argmax over the pixels, 16 channels in
-//    registers: the generic loop keeps them in memory (a load-add-store chain per pixel).
+//  - pool_channels_16, row_dot_16 and the per-channel half of reduce_16: sums over the pixels with
+//    16 channels in registers; the generic loops keep them in memory (a load-add-store chain per pixel);
+//  - hsum16 for the per-pixel half of reduce_16: 16 pixels' channel sums in 30 shuffles and 15 adds,
+//    instead of a horizontal reduction per pixel.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -126,6 +128,83 @@ inline void pool_channels_16(const T* x, int64_t C, int64_t HW, bool need_idx, f
   }
 #else
   (void)x, (void)C, (void)HW, (void)need_idx, (void)avg, (void)mx, (void)ic;
+#endif
+}
+
+#if defined(__AVX512F__)
+// Lane i of the result = the sum of r[i]'s 16 lanes. Each level adds pairs of interleaved vectors,
+// halving the vectors and doubling the rows each holds: (32-bit, 64-bit, 128-bit, 256-bit) interleaves.
+inline __m512 hsum16(const __m512* r) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+}
+
+// g * x at element i (16 channels), with g masked to 0 where the block tail's output o is not > 0.
+template <bool Tail, typename T>
+inline __m512 gx16(const T* g, const T* o, const T* x, int64_t i) {
+  __m512 gv = load16(g + i);
+  if constexpr (Tail) gv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load16(o + i), _mm512_setzero_ps(), _CMP_GT_OQ), gv);
+  return _mm512_mul_ps(gv, load16(x + i));
+}
+#endif
+
+// dmc[c] += sum_p x[p, c] a[p].
+template <typename T>
+inline void row_dot_16(const T* x, int64_t C, int64_t HW, const float* a, float* dmc) {
+#if defined(__AVX512F__)
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t p = 0;
+    for (; p + 4 <= HW; p += 4)
+      for (int j = 0; j < 4; ++j)
+        s[j] = _mm512_fmadd_ps(load16(x + (p + j) * C + c0), _mm512_set1_ps(a[p + j]), s[j]);
+    for (; p < HW; ++p) s[0] = _mm512_fmadd_ps(load16(x + p * C + c0), _mm512_set1_ps(a[p]), s[0]);
+    const __m512 S = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+    _mm512_storeu_ps(dmc + c0, _mm512_add_ps(_mm512_loadu_ps(dmc + c0), S));
+  }
+#else
+  (void)x, (void)C, (void)HW, (void)a, (void)dmc;
+#endif
+}
+
+// dmc[c] += sum_p g x ms[p];  dms[p] += sum_c g x mc[c] (g masked by the tail's output where Tail).
+template <bool Tail, typename T>
+inline void reduce_16(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const float* mc, const float* ms,
+                      float* dmc, float* dms) {
+#if defined(__AVX512F__)
+  const int64_t H16 = HW / 16 * 16;
+  __m512 u[16];
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    const __m512 w = _mm512_loadu_ps(mc + c0);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    for (int64_t p0 = 0; p0 < H16; p0 += 16) {
+      for (int i = 0; i < 16; i += 2) {
+        const __m512 v0 = gx16<Tail>(g, o, x, (p0 + i) * C + c0), v1 = gx16<Tail>(g, o, x, (p0 + i + 1) * C + c0);
+        s0 = _mm512_fmadd_ps(v0, _mm512_set1_ps(ms[p0 + i]), s0);
+        s1 = _mm512_fmadd_ps(v1, _mm512_set1_ps(ms[p0 + i + 1]), s1);
+        u[i] = _mm512_mul_ps(v0, w);
+        u[i + 1] = _mm512_mul_ps(v1, w);
+      }
+      _mm512_storeu_ps(dms + p0, _mm512_add_ps(_mm512_loadu_ps(dms + p0), hsum16(u)));
+    }
+    for (int64_t p = H16; p < HW; ++p) {
+      const __m512 v = gx16<Tail>(g, o, x, p * C + c0);
+      s0 = _mm512_fmadd_ps(v, _mm512_set1_ps(ms[p]), s0);
+      dms[p] += _mm512_reduce_add_ps(_mm512_mul_ps(v, w));
+    }
+    _mm512_storeu_ps(dmc + c0, _mm512_add_ps(_mm512_loadu_ps(dmc + c0), _mm512_add_ps(s0, s1)));
+  }
+#else
+  (void)g, (void)o, (void)x, (void)C, (void)HW, (void)mc, (void)ms, (void)dmc, (void)dms;
 #endif
 }
 
