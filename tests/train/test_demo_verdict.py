@@ -21,3 +21,22 @@ def test_verdict_separates_only_beyond_the_sampling_error():
 def test_no_verdict_without_results():
     assert demo_verdict([{"history": []}, _run(0.5)], ["a", "b"], 100) == ""
     assert demo_verdict([_run(0.5), _run(0.6)], ["a", "b"], 0) == ""
+
+
+def test_shipped_comparison_puts_each_variant_beside_its_card(tmp_path, monkeypatch):
+    """The demo's live top-1 beside the shipped converged network of the same model, read from the
+    model card; variants without shipped weights are left out, and none at all gives no section."""
+    import json
+    from cbam.models import pretrained
+    from cbam.train.report import shipped_comparison
+    monkeypatch.setattr(pretrained, "SEARCH_PATH", [str(tmp_path)])
+    runs = [{"history": [{"test_acc": 0.8442}], "config": {"model": "resnet20", "attention": None}},
+            {"history": [{"test_acc": 0.8414}], "config": {"model": "resnet20", "attention": "cbam"}}]
+    assert shipped_comparison(runs, ["baseline", "cbam"]) == ""
+    card = {"model": "resnet20_cbam", "tag": "fashion-mnist", "test_top1": 93.27, "epochs": 15, "eval": {"images": 10000}, "train_command": "cbam train --epochs 15"}
+    (tmp_path / "resnet20_cbam-fashion-mnist.json").write_text(json.dumps(card))
+    (tmp_path / "resnet20_cbam-fashion-mnist.safetensors").write_bytes(b"")
+    table = shipped_comparison(runs, ["baseline", "cbam"])
+    rows = [r for r in table.splitlines() if r.startswith("| cbam")]
+    assert rows == ["| cbam | 84.14 % | 93.27 % | 15 | 10,000 | `cbam train --epochs 15` |"]
+    assert "| baseline" not in table

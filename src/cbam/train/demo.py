@@ -8,7 +8,7 @@ import torch
 
 from .config import TrainConfig
 from .loop import load_data, train
-from .report import load_run, runs_table, write_demo_report
+from .report import load_run, runs_table, shipped_comparison, write_demo_report
 
 VARIANTS = [("baseline", None), ("se", "se"), ("cbam", "cbam")]
 
@@ -49,5 +49,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
     extra = after_training(out, runs, names) if after_training else []
     report = write_demo_report(out, runs, names, data[0].source, time.perf_counter() - t0, extra, len(data[1]))
     log("\n" + runs_table(runs, names))
+    shipped = shipped_comparison(runs, names)
+    if shipped:
+        log("\n" + shipped)
     log(f"\nreport: {report}  (whole demo {time.perf_counter() - t0:.0f} s)")
     return report

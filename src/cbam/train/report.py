@@ -75,6 +75,27 @@ def demo_verdict(runs: Sequence[Dict], names: Sequence[str], n_test: int) -> str
             "test set's error; docs/RESULTS.md in the repository measures it over seeds.")
 
 
+def shipped_comparison(runs: Sequence[Dict], names: Sequence[str], tag: str = "fashion-mnist") -> str:
+    """Each demo variant's top-1 beside the shipped converged network of the same model (its model
+    card's figure, measured by ``cbam eval`` on the full test set), when one ships; "" when none does."""
+    from ..models.pretrained import canonical_name, find
+    rows = []
+    for name, r in zip(names, runs):
+        c = r["config"]
+        try:
+            _, card = find(canonical_name(c["model"], c.get("attention")), tag)
+        except ValueError:
+            continue
+        live = f"{100 * r['history'][-1]['test_acc']:.2f} %" if r["history"] else "-"
+        rows.append(f"| {name} | {live} | {card['test_top1']:.2f} % | {card['epochs']} | "
+                    f"{card['eval']['images']:,} | `{card['train_command']}` |")
+    if not rows:
+        return ""
+    return "\n".join([f"Converged networks shipped with the package (`pretrained='{tag}'`), beside this short run:",
+                      "", "| variant | this demo | shipped, converged | epochs | test images | trained with |",
+                      "|---|---:|---:|---:|---:|---|", *rows])
+
+
 def write_demo_report(out: str, runs: List[Dict], names: List[str], data_source: str, wall_s: float,
                       extra_sections: Sequence[str] = (), n_test: int = 0) -> str:
     plot_curves(os.path.join(out, "curves.png"), {n: r["history"] for n, r in zip(names, runs)},
@@ -92,6 +113,9 @@ def write_demo_report(out: str, runs: List[Dict], names: List[str], data_source:
         f"Whole demo wall-clock: {wall_s:.0f} s.", "", table, "", "![curves](curves.png)", "",
         demo_verdict(runs, names, n_test), "",
     ]
+    shipped = shipped_comparison(runs, names)
+    if shipped:
+        md += [shipped, ""]
     md += list(extra_sections)
     path = os.path.join(out, "report.md")
     write_text(path, "\n".join(md) + "\n")
