@@ -6,6 +6,7 @@ cache (:func:`per_sample`), and without a pending gradient (``need_idx=False``) 
 are tracked. With an ``identity`` the last pass also forms the residual block's tail,
 ``relu(y + identity)``.
 """
+import math
 from types import ModuleType
 from typing import List, Optional
 
@@ -80,11 +81,13 @@ def mlp_group(x: Tensor, w1: Tensor) -> int:
     With ~2 MB of MLP weights (C = 2048) a (G, C) x (C, hid) matmul beats G mat-vecs once G >= 8
     (below that BLAS is slower); the G samples (a thread's share, in equal groups that fit half
     the last-level cache across threads) wait in cache for the rest of the forward."""
+    if w1.numel() < 1 << 17:
+        return 1
     n, threads = x.shape[0], torch.get_num_threads()
     share = -(-n // threads)
     fit = max(1, _llc_bytes(threads) // (2 * threads) // max(1, x[0].numel() * x.element_size()))
     g = -(-share // -(-share // fit))  # equal groups of at most `fit`
-    return g if g >= 8 and w1.numel() >= 1 << 17 else 1
+    return g if g >= 8 else 1
 
 
 def acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:
@@ -130,9 +133,9 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     acc = TK.acc_dtype(x)
     cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
     scale, shift, bn_train = 1.0, 0.0, use_bn and training
-    if use_bn and not training:
-        inv = (rv.double() + eps).rsqrt() * bn_w.double()
-        scale, shift = float(inv), float(bn_b.double() - rm.double() * inv)
+    if use_bn and not training:  # one channel: fold in Python floats (double), no tensor ops per call
+        inv = float(bn_w) / math.sqrt(float(rv) + eps)
+        scale, shift = inv, float(bn_b) - float(rm) * inv
     ident = x.new_empty(0) if identity is None else identity
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
