@@ -63,6 +63,17 @@ def load_run_model(path: str, split: str = "test", data: Optional[str] = None,
     return load_weights(build_model(cfg, ds.num_classes, ds.in_chans), ck[1]).eval(), cfg, ds
 
 
+def load_pretrained_model(name: str, tag: str, split: str = "test", data: Optional[str] = None,
+                          data_root: Optional[str] = None) -> Tuple[Any, TrainConfig, Any]:
+    """(shipped network in eval mode, the config it was trained with, dataset ``split``)."""
+    from .data import load_dataset
+    from .models import create_model
+    model = create_model(name, pretrained=tag).eval()
+    card = model.pretrained_card
+    cfg = TrainConfig.from_dict({k: v for k, v in card["config"].items() if k in _FIELDS})
+    return model, cfg, load_dataset(data or cfg.data, split, data_root or cfg.data_root)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train
     cfg = _config_from_args(a)
@@ -79,9 +90,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from ._io import write_json
     from .train import evaluate
     from .train.metrics import plot_confusion
-    model, cfg, data = load_run_model(a.run, a.split, a.data, a.data_root)
+    if a.pretrained:
+        model, cfg, data = load_pretrained_model(a.run, a.pretrained, a.split, a.data, a.data_root)
+        out = a.out or os.path.join("runs", "eval", f"{a.run}-{a.pretrained}")
+    else:
+        model, cfg, data = load_run_model(a.run, a.split, a.data, a.data_root)
+        out = a.out or os.path.join(a.run, "eval")
     ev = evaluate(model, data, image_size=cfg.image_size)
-    out = a.out or os.path.join(a.run, "eval")
     os.makedirs(out, exist_ok=True)
     plot_confusion(os.path.join(out, "confusion.png"), ev["confusion"], data.classes,
                    f"{cfg.model} on {data.name} {a.split} (top-1 {100 * ev['test_acc']:.2f} %)")
@@ -255,11 +270,13 @@ def _add_run_commands(sub: Any) -> None:
     _add_config_flags(t)
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run: top-1/top-5, per-class accuracy, confusion matrix PNG")
-    e.add_argument("run", help="run folder written by `cbam train`")
+    e.add_argument("run", help="run folder written by `cbam train`, or with --pretrained a model name")
+    e.add_argument("--pretrained", metavar="TAG", help="evaluate the shipped weights TAG of the model named by RUN "
+                   "(e.g. `cbam eval resnet20_cbam --pretrained fashion-mnist`)")
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--data", help="dataset name (default: the run's)")
     e.add_argument("--data-root")
-    e.add_argument("--out", help="output folder (default RUN/eval)")
+    e.add_argument("--out", help="output folder (default RUN/eval, or runs/eval/NAME-TAG)")
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("compare", help="table and overlaid curves of several runs")
     c.add_argument("runs", nargs="+")

@@ -34,7 +34,8 @@ def test_publish_then_load_by_name_reproduces_the_cards_accuracy(run_dir, shelf)
     card = json.load(open(c))
     assert card["sha256"] == pretrained.sha256_of(w) and card["seed"] == 5 and card["licence"].startswith("CC0")
     assert card["eval"]["images"] == 360 and card["model_kwargs"]["in_chans"] == 1
-    assert card["train_command"].startswith("cbam train --attention cbam --impl reference --data digits")
+    assert card["train_command"] == ("cbam train --attention cbam --impl reference --data digits --epochs 1 "
+                                     "--batch-size 32 --seed 5 --max-steps-per-epoch 3")  # no run folder or threads
     assert pretrained.available() == [("resnet20_cbam", "digits-test")]
     # in_chans and num_classes come from the card; impl is a kernel choice passed on top of it
     model = create_model("ResNet20-CBAM", pretrained="digits-test", attention_kwargs={"impl": "reference"})
@@ -42,6 +43,7 @@ def test_publish_then_load_by_name_reproduces_the_cards_accuracy(run_dir, shelf)
     assert model.pretrained_card["data"]["classes"] == data.classes
     acc = 100 * evaluate(model, data)["test_acc"]
     assert acc == pytest.approx(card["test_top1"], abs=0.006)  # the card's figure, on the same 360 images
+    assert card["eval"]["command"] == "cbam eval resnet20_cbam --pretrained digits-test"
     trained = torch.load(os.path.join(run_dir, "checkpoints", "epoch_0001.state.pt"), weights_only=True)
     assert trained["history"][-1]["test_acc"] * 100 == pytest.approx(card["test_top1"], abs=0.006)
 
@@ -99,3 +101,15 @@ def test_shipped_weights_match_their_cards(name, tag):
     assert card["test_top1"] >= 92.0
     assert pretrained.builtin_subset_top1(model, card["data"]["image_size"]) == pytest.approx(
         card["builtin_subset_top1"], abs=0.006)
+
+
+def test_cbam_eval_on_shipped_weights_prints_the_cards_figure(run_dir, shelf, tmp_path, capsys):
+    """The card's eval command, run as written, measures the card's top-1."""
+    from cbam.cli import main
+    _, c = pretrained.publish(run_dir, "digits-test", licence="CC0")
+    card = json.load(open(c))
+    argv = card["eval"]["command"].split()[1:] + ["--out", str(tmp_path / "ev")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"top-1 {card['test_top1']:.2f} %" in printed and "(360 test images" in printed
+    assert (tmp_path / "ev" / "confusion.png").exists()

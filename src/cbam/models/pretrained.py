@@ -95,13 +95,18 @@ def create_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+# Fields that say where and how a run executes, not what it computes: left out of a card's command.
+_RUN_FIELDS = ("out", "resume", "overwrite", "progress", "tensorboard", "threads", "keep_checkpoints", "log_interval")
+
+
 def train_command(cfg_dict: Dict[str, Any]) -> str:
-    """The ``cbam train`` command line that sets every field that differs from the defaults."""
+    """The ``cbam train`` command line that sets every field that differs from the defaults and
+    decides what is computed (not the run folder, resuming, logging or thread count)."""
     from ..train.config import TrainConfig
     defaults = TrainConfig().to_dict()
     parts = ["cbam train"]
     for k, v in cfg_dict.items():
-        if k not in defaults or v == defaults[k]:
+        if k not in defaults or v == defaults[k] or k in _RUN_FIELDS:
             continue
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -169,7 +174,8 @@ def publish(run: str, tag: str, name: Optional[str] = None, dest: Optional[str] 
                          "attention_kwargs": att_kwargs or None},
         "params": sum(p.numel() for p in model.parameters()),
         "test_top1": round(top1, 2), "test_top5": round(100 * ev["test_top5"], 2),
-        "eval": {"command": f"cbam eval {run}", "split": "test", "images": len(data), "loss": ev["test_loss"]},
+        "eval": {"command": f"cbam eval {name} --pretrained {tag}", "split": "test", "images": len(data),
+                 "loss": ev["test_loss"]},
         "train_command": train_command(cfg.to_dict()), "config": cfg.to_dict(), "seed": cfg.seed,
         "epochs": len(info["history"]), "train_s": round(sum(h["epoch_time_s"] for h in info["history"])),
         "data": {"name": cfg.data, "source": data.source, "classes": data.classes, "mean": list(data.mean),

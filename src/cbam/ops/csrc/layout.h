@@ -155,7 +155,7 @@ struct NHWC {
   // Per channel over the HW pixel rows: running sum, max and first argmax in C-long vectors.
   template <typename T, typename A>
   static void pool_channels(const T* x, int64_t C, int64_t HW, bool need_idx, A* avg, A* mx, int32_t* ic) {
-    if constexpr (kTiles<T, A>) {
+    if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return pool_channels_16(x, C, HW, need_idx, avg, mx, ic);
     }
     for (int64_t c = 0; c < C; ++c) { avg[c] = 0; mx[c] = -std::numeric_limits<A>::infinity(); }
@@ -213,7 +213,7 @@ struct NHWC {
     for (int64_t p0 = 0; p0 < HW; p0 += block) {
       const int64_t len = std::min(block, HW - p0);
       int64_t i0 = 0;
-      if constexpr (kTiles<T, A>) {
+      if constexpr (kNhwc16<T, A>) {
         if (C % 16 == 0) {
           i0 = len / 16 * 16;
           transpose_tiles(x + p0 * C, C, i0, t, len);
@@ -248,7 +248,7 @@ struct NHWC {
   template <bool Tail, typename T, typename A>
   static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& /*w*/) {
-    if constexpr (kTiles<T, A>) {
+    if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return reduce_16<Tail>(g, o, x, C, HW, mc, ms, dmc, dms);
     }
     for (int64_t p = 0; p < HW; ++p) {
@@ -267,7 +267,7 @@ struct NHWC {
 
   template <typename T, typename A>
   static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
-    if constexpr (kTiles<T, A>) {
+    if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return row_dot_16(x, C, HW, a, dmc);
     }
     for (int64_t p = 0; p < HW; ++p) {

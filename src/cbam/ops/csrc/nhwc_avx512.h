@@ -21,9 +21,9 @@
 namespace cbam_cpu {
 namespace sample {
 
-// Whether transpose_tiles handles storage T with accumulation A on this build.
+// Whether the AVX-512 16-channel paths below handle storage T with accumulation A on this build.
 template <typename T, typename A>
-constexpr bool kTiles =
+constexpr bool kNhwc16 =
 #if defined(__AVX512F__)
     std::is_same_v<A, float> &&
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
@@ -67,7 +67,7 @@ inline void transpose16(__m512* r) {
 #endif
 
 // t[c * ld + i] = x[i * C + c] for pixels i < n16 (a multiple of 16) and channels c < C (a multiple of
-// 16). Only where kTiles<T, A>.
+// 16). Only where kNhwc16<T, A>.
 template <typename T>
 inline void transpose_tiles(const T* x, int64_t C, int64_t n16, float* t, int64_t ld) {
 #if defined(__AVX512F__)
