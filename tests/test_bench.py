@@ -31,7 +31,8 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     cbam_rows = [ln for ln in tables.splitlines() if ln.startswith("| CBAM fused |")]
     assert len(cbam_rows) == 4 and all(len(ln.split("|")) == 7 for ln in cbam_rows)  # 4 configurations
     met = [ln for ln in tables.splitlines() if ln.startswith("| met |")]
-    assert all(set(c.strip() for c in ln.strip("|").split("|")[1:]) <= {"yes", "no"} for ln in met)
+    assert all(set(c.strip() for c in ln.strip("|").split("|")[1:]) <= {"yes", "no", "yes (noisy)", "no (noisy)"}
+               for ln in met)
 
 
 def test_matrix_target_and_verdict_follow_the_numbers():
@@ -48,6 +49,20 @@ def test_matrix_target_and_verdict_follow_the_numbers():
     assert BM.target_pct(r20) == 4.0
     md = BM.matrix_markdown([row, {**row, "config": "fp32 NCHW"}], ["fp32 NCHW", "bf16 channels_last"])
     assert "| met | no | yes |" in md
+    # the middle half of the rounds straddling the target marks the verdict as noisy, not the verdict itself
+    assert BM.verdict({**row, "fused_spread": (8.0, 9.5)}) == "yes (noisy)"
+    assert BM.verdict({**row, "CBAM fused": 9.2, "fused_spread": (8.0, 9.5)}) == "no (noisy)"
+    assert BM.verdict({**row, "fused_spread": (7.0, 8.95)}) == "yes"
+    assert BM.verdict({**row, "CBAM fused": 9.2, "fused_spread": (9.1, 12.0)}) == "no"
+
+
+def test_spread_is_the_quartiles_of_per_round_overheads():
+    from cbam import bench_matrix as BM
+    plain = [10.0] * 9
+    fused = [10.0 * (1 + p / 100) for p in (9, 1, 8, 2, 7, 3, 6, 4, 5)]  # overheads 1..9 % in scrambled rounds
+    lo, hi = BM.spread(fused, plain)
+    assert (round(lo, 6), round(hi, 6)) == (3.0, 7.0)
+    assert BM.spread([11.0], [10.0]) == pytest.approx((10.0, 10.0))
 
 
 def test_bench_rejects_unknown_matrix_names(capsys):

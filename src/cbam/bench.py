@@ -25,7 +25,13 @@ def _sync(device: torch.device) -> None:
 
 def timed_rounds(fns: Dict[str, Callable[[], object]], reps: int, device: torch.device,
                  warm_each: bool = True) -> Dict[str, float]:
-    """Median seconds of each function, timed in ``reps`` rounds that run every function once, in an
+    """Median seconds of each function over :func:`round_times`."""
+    return {k: sorted(v)[len(v) // 2] for k, v in round_times(fns, reps, device, warm_each).items()}
+
+
+def round_times(fns: Dict[str, Callable[[], object]], reps: int, device: torch.device,
+                warm_each: bool = True) -> Dict[str, List[float]]:
+    """Seconds of each function per round, in ``reps`` rounds that run every function once, in an
     order rotated per round: a slow phase of a shared machine (page reclaim, a neighbour's burst) lands
     on all of them alike instead of on whichever was timed then, so ratios between them are fair.
     ``warm_each`` runs each function once untimed just before its timed call, so it finds its own
@@ -42,7 +48,7 @@ def timed_rounds(fns: Dict[str, Callable[[], object]], reps: int, device: torch.
             fns[k]()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return times
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -205,7 +211,9 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
             "\n\nEach cell: the variant's time over plain's in the same configuration, timed in interleaved "
             "rounds; bf16 is CPU autocast. 'CBAM added bound': one more read of every CBAM input (training: "
             "plus a read and a write in the backward) at the bandwidth measured here on tensors of those "
-            "sizes, plus the channel MLP's compute, over plain's time.")
+            "sizes, plus the channel MLP's compute, over plain's time. 'Middle half of rounds': the quartiles "
+            "of the per-round overheads; 'met' is decided by the median and marked '(noisy)' when that "
+            "middle half straddles the target.")
     if out:
         from ._io import write_text
         write_text(out, md + "\n")
