@@ -133,7 +133,9 @@ def matrix_rows(nets: Sequence[Net], configs: Sequence[str], reps: int, log: Cal
                 row = {"net": f"{net.model}, {net.batch} @ {net.size}", "mode": mode, "config": cfg,
                        "plain_ms": 1e3 * t["plain"], "bound_pct": 100 * bound / t["plain"],
                        "fused_spread": spread(r["CBAM fused"], r["plain"])}
-                row.update({k: 100 * (v / t["plain"] - 1) for k, v in t.items() if k != "plain"})
+                # per-round ratios (variant and plain timed back to back), then their median: paired by round
+                row.update({k: _median([100 * (a / b - 1) for a, b in zip(v, r["plain"])])
+                            for k, v in r.items() if k != "plain"})
                 rows.append(row)
                 log(f"  {row['net']} {mode} {cfg}: plain {row['plain_ms']:.1f} ms; "
                     + ", ".join(f"{k} {row[k]:+.1f} %" for k in VARIANTS if k != "plain")
