@@ -186,8 +186,9 @@ def matrix_markdown(rows: List[Dict], configs: Sequence[str]) -> str:
         for v in VARIANTS:
             if v != "plain":
                 lines.append(f"| {v} | " + " | ".join(f"{sel[c][v]:+.1f} %" for c in cols) + " |")
-        lines.append("| CBAM fused, middle half of rounds | " + " | ".join(
-            "{:+.1f} .. {:+.1f} %".format(*sel[c].get("fused_spread", (sel[c]["CBAM fused"],) * 2)) for c in cols) + " |")
+        mid = [sel[c].get("fused_spread", (sel[c]["CBAM fused"],) * 2) for c in cols]
+        lines.append("| CBAM fused, middle half of rounds | " + " | ".join(f"{a:+.1f} .. {b:+.1f} %" for a, b in mid)
+                     + " |")
         lines.append("| CBAM added bound | " + " | ".join(f"{sel[c]['bound_pct']:.1f} %" for c in cols) + " |")
         lines.append("| target for CBAM fused | " + " | ".join(f"<= {target_pct(sel[c]):.1f} %" for c in cols) + " |")
         lines.append("| met | " + " | ".join(verdict(sel[c]) for c in cols) + " |")

@@ -33,7 +33,8 @@ def test_shipped_comparison_puts_each_variant_beside_its_card(tmp_path, monkeypa
     runs = [{"history": [{"test_acc": 0.8442}], "config": {"model": "resnet20", "attention": None}},
             {"history": [{"test_acc": 0.8414}], "config": {"model": "resnet20", "attention": "cbam"}}]
     assert shipped_comparison(runs, ["baseline", "cbam"]) == ""
-    card = {"model": "resnet20_cbam", "tag": "fashion-mnist", "test_top1": 93.27, "epochs": 15, "eval": {"images": 10000}, "train_command": "cbam train --epochs 15"}
+    card = {"model": "resnet20_cbam", "tag": "fashion-mnist", "test_top1": 93.27, "epochs": 15,
+            "eval": {"images": 10000}, "train_command": "cbam train --epochs 15"}
     (tmp_path / "resnet20_cbam-fashion-mnist.json").write_text(json.dumps(card))
     (tmp_path / "resnet20_cbam-fashion-mnist.safetensors").write_bytes(b"")
     table = shipped_comparison(runs, ["baseline", "cbam"])

@@ -95,18 +95,15 @@ def create_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-# Fields that say where and how a run executes, not what it computes: left out of a card's command.
-_RUN_FIELDS = ("out", "resume", "overwrite", "progress", "tensorboard", "threads", "keep_checkpoints", "log_interval")
-
-
 def train_command(cfg_dict: Dict[str, Any]) -> str:
     """The ``cbam train`` command line that sets every field that differs from the defaults and
     decides what is computed (not the run folder, resuming, logging or thread count)."""
-    from ..train.config import TrainConfig
+    from ..train.config import RUNTIME_FIELDS, TrainConfig
     defaults = TrainConfig().to_dict()
+    skip = set(RUNTIME_FIELDS) | {"overwrite", "log_interval"}
     parts = ["cbam train"]
     for k, v in cfg_dict.items():
-        if k not in defaults or v == defaults[k] or k in _RUN_FIELDS:
+        if k not in defaults or v == defaults[k] or k in skip:
             continue
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):

@@ -29,7 +29,7 @@ import torch
 from .._io import atomic_write, write_json, write_text
 from . import distributed as D
 from .checkpoint import latest_checkpoint, load_state
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 from .loop import build_model, load_data, train
 from .stats import compare, seeds_needed
 
@@ -101,8 +101,6 @@ SUITES: Dict[str, Suite] = {
     "cluttered": Suite([_V[n] for n in ("baseline", "ch_avgmax", "cbam")], CLUTTERED_RECIPE,
                        "baseline vs channel-only vs CBAM on cluttered translated Fashion-MNIST"),
 }
-# Fields that say where or how a run executes, not what it computes: shards may differ in them.
-_RUNTIME_FIELDS = ("out", "resume", "progress", "threads", "tensorboard", "keep_checkpoints")
 
 
 def suite(name: str) -> List[Variant]:
@@ -210,7 +208,7 @@ def write_result(cfg: TrainConfig, v: Variant, s: int, history: List[Dict], data
 
 def _check_grid(out: str, suite_name: str, seeds: int, base: TrainConfig) -> None:
     """Write ``grid.json``, or refuse when the folder already holds another grid."""
-    recipe = {k: v for k, v in base.to_dict().items() if k not in _RUNTIME_FIELDS}
+    recipe = {k: v for k, v in base.to_dict().items() if k not in RUNTIME_FIELDS}
     want = json.loads(json.dumps({"suite": suite_name, "seeds": seeds, "recipe": recipe}, default=str))
     path = os.path.join(out, "grid.json")
     if os.path.exists(path):

@@ -16,6 +16,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+# Fields that say where and how a run executes, not what it computes (ablation shards may differ in them).
+RUNTIME_FIELDS: Tuple[str, ...] = ("out", "resume", "progress", "threads", "tensorboard", "keep_checkpoints")
+
+
 @dataclass
 class TrainConfig:
     # model

@@ -46,10 +46,10 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
         train(cfg, data=data)
         runs.append(load_run(cfg.out))
         names.append(name)
-    extra = after_training(out, runs, names) if after_training else []
+    shipped = shipped_comparison(runs, names)  # "" when no converged networks ship
+    extra = ([shipped, ""] if shipped else []) + (after_training(out, runs, names) if after_training else [])
     report = write_demo_report(out, runs, names, data[0].source, time.perf_counter() - t0, extra, len(data[1]))
     log("\n" + runs_table(runs, names))
-    shipped = shipped_comparison(runs, names)
     if shipped:
         log("\n" + shipped)
     log(f"\nreport: {report}  (whole demo {time.perf_counter() - t0:.0f} s)")

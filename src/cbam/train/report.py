@@ -113,9 +113,6 @@ def write_demo_report(out: str, runs: List[Dict], names: List[str], data_source:
         f"Whole demo wall-clock: {wall_s:.0f} s.", "", table, "", "![curves](curves.png)", "",
         demo_verdict(runs, names, n_test), "",
     ]
-    shipped = shipped_comparison(runs, names)
-    if shipped:
-        md += [shipped, ""]
     md += list(extra_sections)
     path = os.path.join(out, "report.md")
     write_text(path, "\n".join(md) + "\n")

@@ -1,6 +1,6 @@
 // Per-sample building blocks shared by the NCHW and NHWC per-sample kernels (cbam_sample.cpp): the
-// channel MLP (per sample, or batched over a group of samples), the k x k conv on the (2, H, W)
-// descriptor map with its two gradients, and the MLP's input gradient. All work in the
+// channel MLP (per sample, or batched over a group of samples) and its input gradient; the k x k
+// conv on the (2, H, W) descriptor map and the gate's sigmoid are in conv_small.h. All work in the
 // accumulation type A on small buffers; the layouts differ only in the passes over x (layout.h).
 #pragma once
 #include <ATen/ATen.h>
