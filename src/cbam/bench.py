@@ -212,8 +212,8 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
             "round and configuration; bf16 is CPU autocast. 'CBAM added bound': one more read of every CBAM "
             "input (training: plus a read and a write in the backward) at the bandwidth measured here on "
             "tensors of those sizes, plus the channel MLP's compute, over plain's time. 'Middle half of "
-            "rounds': the quartiles of the per-round overheads; 'met' is decided by the median and marked '(noisy)' when that "
-            "middle half straddles the target.")
+            "rounds': the quartiles of the per-round overheads; 'met' is decided by the median and marked "
+            "'(noisy)' when that middle half straddles the target.")
     if out:
         from ._io import write_text
         write_text(out, md + "\n")
