@@ -236,3 +236,34 @@ def test_cuda_matches_reference():
     y2.square().sum().backward()
     assert backend_name(x.detach()) == "triton"
     assert _rel(y2, y1) < 1e-5 and _rel(x.grad, g1) < 1e-4
+
+
+@pytest.mark.parametrize("kernels", ["torch", "auto"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("backward_inside", [False, True])
+def test_autocast_bf16_training_matches_reference(monkeypatch, kernels, layout, backward_inside):
+    """Under bf16 autocast the op takes the autocast conv's bf16 output and keeps its MLP in float32,
+    also on the torch kernels (CUDA channels_last; CPU channels_last with fewer samples than threads),
+    where autocast would otherwise round the MLP's matmuls to bf16 and the backward met mixed dtypes."""
+    import cbam.ops._backward as B
+    import cbam.ops.fused as FU
+    if kernels == "torch":
+        monkeypatch.setattr(FU, "kernels_for", lambda x: TK)
+        monkeypatch.setattr(B, "kernels_for", lambda x: TK)
+    ref, fus = _pair("official", 32, torch.float32, True)
+    x = torch.randn(3, 32, 9, 7).to(torch.bfloat16).contiguous(memory_format=layout)
+    out = []
+    for m in (ref, fus):
+        xx = x.clone().requires_grad_()
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(xx)
+            if backward_inside:
+                y.float().square().sum().backward()
+        if not backward_inside:
+            y.float().square().sum().backward()
+        out.append((y, xx.grad, m.channel.fc1.weight.grad, m.spatial.conv.weight.grad))
+    (y1, gx1, gw1, gc1), (y2, gx2, gw2, gc2) = out
+    assert y2.dtype == torch.bfloat16 and gx2.dtype == torch.bfloat16 and gw2.dtype == torch.float32
+    assert _rel(y2, y1) < 2e-2 and _rel(gx2, gx1) < 5e-2
+    assert _rel(gw2, gw1) < 5e-2 and _rel(gc2, gc1) < 5e-2

@@ -44,6 +44,9 @@ def backward(gy: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, train
              max_first: bool) -> List[Tensor]:
     """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity] (empty tensors where an input is absent)."""
     x = s.x
+    if torch.is_autocast_enabled(x.device.type):  # a backward called inside autocast: float32 math, as forward
+        with torch.autocast(x.device.type, enabled=False):
+            return backward(gy, gmc, gms, s, use_bn, training, eps, max_first)
     g = gy.contiguous(memory_format=memory_format(x))
     K = kernels_for(x)
     # per sample, the MLP's input gradient is three mat-vecs per sample: past ~1 MB of MLP weights

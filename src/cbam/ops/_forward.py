@@ -40,7 +40,8 @@ def _triton():
 
 
 def kernels_for(x: Tensor) -> ModuleType:
-    """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW) or torch.
+    """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW, up to
+    float32) or torch.
     channels_last has only per-sample C++ kernels, whose threads take whole samples: with fewer
     samples than threads the torch ops use the machine better."""
     nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -49,7 +50,7 @@ def kernels_for(x: Tensor) -> ModuleType:
         mod = _cpu.loaded() if torch.compiler.is_compiling() else _cpu.load()
         if mod is not None:
             return mod
-    if x.device.type == "cuda" and x.is_contiguous():
+    if x.device.type == "cuda" and x.is_contiguous() and x.dtype != torch.float64:  # Triton's math is float32
         tri = _triton()
         if tri is not None:
             return tri
@@ -104,6 +105,12 @@ def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tens
             rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool, need_idx: bool = True,
             identity: Optional[Tensor] = None) -> List[Tensor]:
     """-> [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bn mean, bn var, MLP pre-activations]."""
+    if torch.is_autocast_enabled(x.device.type):
+        # the op reads x in its own dtype and keeps its small math in float32; under autocast the torch
+        # kernels' matmuls would round the MLP to bf16/fp16, and the backward would meet mixed dtypes
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
+                           need_idx, identity)
     n, c, h, w = x.shape
     if identity is not None:
         identity = identity.contiguous(memory_format=memory_format(x))
