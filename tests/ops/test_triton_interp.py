@@ -33,11 +33,11 @@ def _compare(name: str, x, mc, ms, g) -> List[float]:
     from cbam.ops import _torch_kernels as TK
     from cbam.ops import _triton_kernels as TR
     n, c, h, w = x.shape
-    a = torch.randn(n, h * w)
+    a = torch.randn(n, h * w).to(x.device)
     if name == "input_grad":
         _, vs, idx_s = TK.spatial_pool(x, mc)
         _, vc, idx_c = TK.channel_pool(x)
-        args = (g, mc, ms, a, torch.randn(n, c), idx_s, vs, idx_c, vc.float())
+        args = (g, mc, ms, a, torch.randn(n, c).to(x.device), idx_s, vs, idx_c, vc.float())
     else:
         args = {"channel_pool": (x,), "spatial_pool": (x, mc), "apply": (x, mc, ms),
                 "bwd_reduce": (g, x, mc, ms), "row_dot": (x, a)}[name]
