@@ -203,13 +203,19 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
     log(header)
     st = stage_rows(n, dev, dt, reps, timm_col, log, shapes) if stages else []
     md = markdown(st, header)
-    if network and dev.type == "cpu":
+    if network:
         cfgs = list(configs or BM.CONFIGS)
-        specs = [BM.SMOKE_NETS[k] if smoke else BM.NETS[k] for k in nets]
-        rows = BM.matrix_rows(specs, cfgs, reps, log)
-        md += "\n\n### Networks: CBAM's overhead by configuration\n" + BM.matrix_markdown(rows, cfgs) + (
+        cuda = dev.type == "cuda"
+        specs = [BM.SMOKE_NETS[k] if smoke else (BM.CUDA_NETS if cuda else BM.NETS)[k] for k in nets]
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # what a GPU user sets; every variant gets it alike
+        rows = BM.matrix_rows(specs, cfgs, reps, log, dev)
+        md += "\n\n### Networks: CBAM's overhead by configuration\n" + BM.matrix_markdown(rows, cfgs, not cuda) + (
             "\n\nEach cell: the median over interleaved rounds of the variant's time over plain's in the same "
-            "round and configuration; bf16 is CPU autocast. 'CBAM added bound': one more read of every CBAM "
+            f"round and configuration; bf16 is {dev.type.upper()} autocast. "
+            + ("On CUDA 'CBAM fused' is impl='fused' (Triton kernels for NCHW; channels_last runs the fused op's "
+               "torch kernels) and impl='auto' is the reference. " if cuda else "")
+            + "'CBAM added bound': one more read of every CBAM "
             "input (training: plus a read and a write in the backward) at the bandwidth measured here on "
             "tensors of those sizes, plus the channel MLP's compute, over plain's time. 'Middle half of "
             "rounds': the quartiles of the per-round overheads; 'met' is decided by the median and marked "
