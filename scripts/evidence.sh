@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The converged, powered comparisons of docs/RESULTS.md:
-#   1. baseline vs SE vs CBAM, ResNet-20 on the full Fashion-MNIST (60k/10k), 40 epochs (suite "converged";
+#   1. baseline vs SE vs CBAM, ResNet-20 on the full Fashion-MNIST (60k/10k), 15 epochs (suite "converged";
 #      PAPER=1 runs the paper's 10 variants at that recipe instead: suite "converged-paper");
-#   2. baseline vs channel-only vs CBAM on cluttered Fashion-MNIST, 60x60 (suite "cluttered").
+#   2. baseline vs channel-only vs CBAM on cluttered Fashion-MNIST, 48x48 (suite "cluttered").
 # SEEDS seeds each (default 3), paired by seed; recipes: src/cbam/train/ablate.py.
 #
 # Resumable: run the same command again and finished runs are skipped.
@@ -14,11 +14,18 @@
 #   SUMMARY_ONLY=1 OUT=/shared/evidence bash scripts/evidence.sh  # merge when all shards are done
 #   PUBLISH=1 bash scripts/evidence.sh   # then ship seed 0 of baseline/SE/CBAM (>= 92 %) as pretrained weights
 #   SMOKE=1 bash scripts/evidence.sh     # tiny settings, a few minutes on 2 cores: checks the machinery only
+#   JOBS=12 bash scripts/evidence.sh     # 12 runs side by side on this machine: a GPU trains many ResNet-20s at
+#                                        # once (start MPS first there: nvidia-cuda-mps-control -d)
 # Extra arguments go to every `cbam ablate` call (recipe flags such as --amp bf16 must be the same on all shards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-3}"
 SHARD="${SHARD:-0/1}"
+JOBS="${JOBS:-1}"
+if [ "$JOBS" -gt 1 ] && [ "$SHARD" != 0/1 ]; then
+  echo "JOBS=$JOBS splits this machine's grid into shards itself; it does not combine with SHARD=$SHARD" >&2
+  exit 2
+fi
 PY="${PY:-.venv/bin/python}"
 MAIN="converged"
 [ "${PAPER:-0}" = 1 ] && MAIN="converged-paper"
@@ -41,16 +48,27 @@ export TQDM_MININTERVAL="${TQDM_MININTERVAL:-60}"  # one progress line a minute 
 echo "== $(date '+%F %T') start on $(hostname): seeds $SEEDS, shard $SHARD, suites $MAIN + cluttered =="
 
 EXTRA=("$@")
-ablate() {
+ablate() {  # ablate SUITE: the suite's grid in $OUT/SUITE
+  local grid=(--suite "$1" --out "$OUT/$1")
+  set -- "${grid[@]}"
   if [ "${SUMMARY_ONLY:-0}" = 1 ]; then
+    "$PY" -m cbam ablate --summary-only "$@"
+  elif [ "$JOBS" -gt 1 ]; then  # one process per shard, all at once; then one merged summary
+    local pids=() k
+    for k in $(seq 0 $((JOBS - 1))); do
+      "$PY" -m cbam ablate --seeds "$SEEDS" --shard "$k/$JOBS" --no-progress "$@" ${TINY[@]+"${TINY[@]}"} \
+        ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/${grid[1]}-job$k.log" 2>&1 &
+      pids+=($!)
+    done
+    for k in "${pids[@]}"; do wait "$k"; done  # under set -e, a failed shard stops the script here
     "$PY" -m cbam ablate --summary-only "$@"
   else
     "$PY" -m cbam ablate --seeds "$SEEDS" --shard "$SHARD" --progress "$@" ${TINY[@]+"${TINY[@]}"} \
       ${EXTRA[@]+"${EXTRA[@]}"}
   fi
 }
-ablate --suite "$MAIN" --out "$OUT/$MAIN"
-ablate --suite cluttered --out "$OUT/cluttered"
+ablate "$MAIN"
+ablate cluttered
 
 if [ "${PUBLISH:-0}" = 1 ]; then
   for v in baseline se cbam; do

@@ -77,12 +77,14 @@ SHORT_RECIPE: Dict[str, Any] = dict(model="resnet20", data="fashion-mnist", epoc
                                     warmup_epochs=0.3, train_subset=6000, test_subset=2000, progress=False)
 SMOKE_RECIPE: Dict[str, Any] = {**SHORT_RECIPE, "epochs": 1, "train_subset": 256, "test_subset": 128,
                                 "batch_size": 64}
-# Trained to convergence on the full 60k/10k: SGD + Nesterov, cosine from 0.1, random crop and flip.
-CONVERGED_RECIPE: Dict[str, Any] = dict(model="resnet20", data="fashion-mnist", epochs=40, batch_size=128,
+# Trained to convergence on the full 60k/10k: SGD + Nesterov, cosine from 0.1, random crop and flip. 15 epochs
+# reach the 93-94 % of published small ResNets (docs/RESULTS.md; the shipped weights use this recipe).
+CONVERGED_RECIPE: Dict[str, Any] = dict(model="resnet20", data="fashion-mnist", epochs=15, batch_size=128,
                                         optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1.0,
                                         schedule="cosine", crop_padding=4, hflip=True, train_subset=None,
                                         test_subset=None, progress=False)
-CLUTTERED_RECIPE: Dict[str, Any] = {**CONVERGED_RECIPE, "data": "cluttered-fashion-mnist", "epochs": 30}
+# The 48 x 48 canvas costs 2.9x the pixels of 28 x 28 (60 x 60, the papers' size: 4.6x; --data cluttered-fashion-mnist)
+CLUTTERED_RECIPE: Dict[str, Any] = {**CONVERGED_RECIPE, "data": "cluttered-fashion-mnist-48"}
 
 
 @dataclass(frozen=True)
