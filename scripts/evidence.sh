@@ -49,18 +49,20 @@ echo "== $(date '+%F %T') start on $(hostname): seeds $SEEDS, shard $SHARD, suit
 
 EXTRA=("$@")
 ablate() {  # ablate SUITE: the suite's grid in $OUT/SUITE
-  local grid=(--suite "$1" --out "$OUT/$1")
-  set -- "${grid[@]}"
+  local name="$1"
+  set -- --suite "$name" --out "$OUT/$name"
   if [ "${SUMMARY_ONLY:-0}" = 1 ]; then
     "$PY" -m cbam ablate --summary-only "$@"
   elif [ "$JOBS" -gt 1 ]; then  # one process per shard, all at once; then one merged summary
     local pids=() k
     for k in $(seq 0 $((JOBS - 1))); do
       "$PY" -m cbam ablate --seeds "$SEEDS" --shard "$k/$JOBS" --no-progress "$@" ${TINY[@]+"${TINY[@]}"} \
-        ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/${grid[1]}-job$k.log" 2>&1 &
+        ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/$name-job$k.log" 2>&1 &
       pids+=($!)
     done
-    for k in "${pids[@]}"; do wait "$k"; done  # under set -e, a failed shard stops the script here
+    local failed=0
+    for k in "${pids[@]}"; do wait "$k" || failed=1; done  # every shard ends before a failure is reported
+    [ "$failed" = 0 ] || { echo "a shard of $name failed: see $OUT/$name-job*.log" >&2; exit 1; }
     "$PY" -m cbam ablate --summary-only "$@"
   else
     "$PY" -m cbam ablate --seeds "$SEEDS" --shard "$SHARD" --progress "$@" ${TINY[@]+"${TINY[@]}"} \

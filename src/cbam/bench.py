@@ -193,7 +193,7 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
               stages: bool = True, timm_col: bool = True, out: Optional[str] = None,
               log: Callable[[str], None] = print, shapes: Sequence[Tuple[int, int]] = STAGES) -> str:
     """Prints and returns the markdown report: fused vs eager CBAM at stage shapes (``shapes``: (C, H=W)),
-    then, on the CPU, the network matrix of :mod:`cbam.bench_matrix`."""
+    then the network matrix of :mod:`cbam.bench_matrix` (on CUDA without the CPU targets' rows)."""
     from . import bench_matrix as BM
     dev = torch.device(device)
     dt = getattr(torch, dtype)
@@ -207,9 +207,12 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
         cfgs = list(configs or BM.CONFIGS)
         cuda = dev.type == "cuda"
         specs = [BM.SMOKE_NETS[k] if smoke else (BM.CUDA_NETS if cuda else BM.NETS)[k] for k in nets]
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # what a GPU user sets; every variant gets it alike
-        rows = BM.matrix_rows(specs, cfgs, reps, log, dev)
+        tuned = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = tuned or cuda  # what a GPU user sets; every variant gets it alike
+        try:
+            rows = BM.matrix_rows(specs, cfgs, reps, log, dev)
+        finally:
+            torch.backends.cudnn.benchmark = tuned
         md += "\n\n### Networks: CBAM's overhead by configuration\n" + BM.matrix_markdown(rows, cfgs, not cuda) + (
             "\n\nEach cell: the median over interleaved rounds of the variant's time over plain's in the same "
             f"round and configuration; bf16 is {dev.type.upper()} autocast. "
@@ -218,8 +221,9 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
             + "'CBAM added bound': one more read of every CBAM "
             "input (training: plus a read and a write in the backward) at the bandwidth measured here on "
             "tensors of those sizes, plus the channel MLP's compute, over plain's time. 'Middle half of "
-            "rounds': the quartiles of the per-round overheads; 'met' is decided by the median and marked "
-            "'(noisy)' when that middle half straddles the target.")
+            "rounds': the quartiles of the per-round overheads"
+            + ("." if cuda else "; 'met' is decided by the median and marked '(noisy)' when that middle half "
+               "straddles the target."))
     if out:
         from ._io import write_text
         write_text(out, md + "\n")

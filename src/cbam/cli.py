@@ -310,7 +310,8 @@ def _add_tool_commands(sub: Any) -> None:
     b.add_argument("--n", type=int, default=32, help="batch of the stage shapes")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--reps", type=int, default=5)
-    b.add_argument("--nets", default="resnet50,resnet20", help="networks of the configuration matrix (on CUDA ResNet-50 runs at batch 64)")
+    b.add_argument("--nets", default="resnet50,resnet20",
+                   help="networks of the configuration matrix (on CUDA ResNet-50 runs at batch 64)")
     b.add_argument("--configs", default="fp32 NCHW,fp32 channels_last,bf16 NCHW,bf16 channels_last",
                    help="configurations of the matrix, comma-separated")
     b.add_argument("--no-network", action="store_true", help="skip the network matrix")

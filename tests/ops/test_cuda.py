@@ -14,6 +14,16 @@ from tests.helpers import randomize_
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 convolutions and matmuls in full precision: TF32 (cuDNN's default) rounds the spatial
+    conv to ~5e-4, beyond the float32 tolerances against the float64 reference."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 LIM = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 
@@ -68,7 +78,7 @@ def test_fused_module_matches_reference_on_gpu(preset, train, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_tail_matches_reference_on_gpu(layout, dtype):
     torch.manual_seed(11)
     m = randomize_(cbam.CBAM(32, dtype=torch.float64)).cuda()
@@ -77,7 +87,8 @@ def test_tail_matches_reference_on_gpu(layout, dtype):
     x = torch.randn(4, 32, 10, 12, device="cuda").to(dtype).contiguous(memory_format=layout)
     ident = torch.randn(4, 32, 10, 12, device="cuda").to(dtype).contiguous(memory_format=layout)
     xs, ids = x.clone().requires_grad_(), ident.clone().requires_grad_()
-    y = fused_cbam_tail(xs, ids, **{k: v.float() if v is not None else v for k, v in w.items()})
+    wd = torch.float64 if dtype == torch.float64 else torch.float32
+    y = fused_cbam_tail(xs, ids, **{k: v.to(wd) if v is not None else v for k, v in w.items()})
     g = torch.randn_like(y)
     y.backward(g)
     xr, ir = x.double().requires_grad_(), ident.double().requires_grad_()
@@ -102,17 +113,8 @@ def test_gradcheck_float64_on_gpu(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_resnet_training_step_fused_equals_reference_on_gpu(layout):
-    """A CBAM ResNet-20's loss and every parameter gradient, fused vs reference, on one batch (TF32
-    off: it would round both networks' convolutions differently)."""
-    out = []
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for impl in ("reference", "fused"):
-            out.append(_resnet_step(impl, layout))
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    (l1, g1), (l2, g2) = out
+    """A CBAM ResNet-20's loss and every parameter gradient, fused vs reference, on one batch."""
+    (l1, g1), (l2, g2) = (_resnet_step(impl, layout) for impl in ("reference", "fused"))
     assert abs(l1 - l2) <= 1e-4 * abs(l1)
     # 19 layers of float32 in another summation order: the whole gradient to 1e-3, each tensor to 1e-2
     assert _rel(torch.cat([g.flatten() for g in g2]), torch.cat([g.flatten() for g in g1])) <= 1e-3

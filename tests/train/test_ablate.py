@@ -107,3 +107,11 @@ def test_resume_skips_finished_runs_and_refuses_another_recipe(tmp_path, capsys)
     assert rows[0].startswith("variant,description,seeds,top1_mean,top1_std,per_seed") and len(rows) == 3
     assert main(["ablate", "--smoke", "--seeds", "2", "--out", out, *TINY, "--lr", "0.01"]) == 2  # another recipe
     assert "differs in: lr" in capsys.readouterr().err
+
+
+def test_a_shard_with_no_runs_ends_cleanly(tmp_path, capsys):
+    """More shards than runs (JOBS=P on one machine): the extra shards train nothing and succeed."""
+    out = str(tmp_path / "g")
+    assert main(["ablate", "--smoke", "--seeds", "1", "--out", out, "--shard", "3/4", *TINY]) == 0
+    assert "[shard 3/4] no runs: the grid has 2" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "baseline")) and not os.path.exists(os.path.join(out, "cbam"))

@@ -233,7 +233,11 @@ def run_ablation(base: TrainConfig, suite_name: str = "paper", seeds: int = 3, o
     rank, world, _ = D.setup()
     if rank == 0:
         _check_grid(out, suite_name, seeds, base)
-    mine = shard_entries(grid(suite(suite_name), seeds), *shard)
+    entries = grid(suite(suite_name), seeds)
+    mine = shard_entries(entries, *shard)
+    if not mine:  # more shards than runs (JOBS=P on one machine, a large SLURM array): nothing to do here
+        log(f"[shard {shard[0]}/{shard[1]}] no runs: the grid has {len(entries)}")
+        return ""
     data = None
     for i, (v, s) in enumerate(mine, 1):
         cfg = run_config(base, v, s, out)
