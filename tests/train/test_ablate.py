@@ -62,6 +62,11 @@ def _summary(out):
     return s
 
 
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _result(run):
     with open(os.path.join(run, "result.json")) as f:
         r = json.load(f)
@@ -72,7 +77,7 @@ def test_one_and_three_shards_give_the_same_summary(tmp_path, capsys):
     one, three = str(tmp_path / "one"), str(tmp_path / "three")
     assert main(["ablate", "--smoke", "--seeds", "2", "--out", one, *TINY]) == 0
     assert main(["ablate", "--smoke", "--seeds", "2", "--out", three, "--shard", "0/3", *TINY]) == 0
-    partial = open(os.path.join(three, "summary.md")).read()
+    partial = _read(os.path.join(three, "summary.md"))
     assert "**Incomplete: 2 run(s) not finished** (baseline seed 1, cbam seed 0)" in partial
     assert "CBAM beats the baseline" not in partial  # no seed has both variants yet: nothing to pair
     for k in (1, 2):
@@ -96,14 +101,14 @@ def test_resume_skips_finished_runs_and_refuses_another_recipe(tmp_path, capsys)
     assert main(args) == 0
     res = os.path.join(out, "cbam", "seed1", "result.json")
     mtime = os.path.getmtime(res)
-    md = open(os.path.join(out, "summary.md")).read()
+    md = _read(os.path.join(out, "summary.md"))
     assert "| baseline |" in md and "| cbam |" in md and "CBAM beats SE" not in md  # SE not in the smoke grid
     assert "MDE" in md
     capsys.readouterr()
     assert main(args) == 0  # everything finished: nothing retrained
     assert capsys.readouterr().out.count("finished, skipped") == 4
     assert os.path.getmtime(res) == mtime
-    rows = open(os.path.join(out, "summary.csv")).read().splitlines()
+    rows = _read(os.path.join(out, "summary.csv")).splitlines()
     assert rows[0].startswith("variant,description,seeds,top1_mean,top1_std,per_seed") and len(rows) == 3
     assert main(["ablate", "--smoke", "--seeds", "2", "--out", out, *TINY, "--lr", "0.01"]) == 2  # another recipe
     assert "differs in: lr" in capsys.readouterr().err
