@@ -75,3 +75,7 @@ def test_pairing_by_seed_drops_unpaired_seeds():
 def test_seeds_needed_reaches_the_target_mde():
     n = seeds_needed(sd_diff=0.3162, effect=0.5257)  # the first worked example: 5 seeds suffice, 4 do not
     assert n == 5
+
+
+def test_seeds_needed_says_when_the_cap_is_not_enough():
+    assert seeds_needed(sd_diff=1.0, effect=0.01, max_n=50) == 51  # not "50 would do"

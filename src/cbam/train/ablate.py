@@ -346,8 +346,9 @@ def _markdown(g: Dict[str, Any], rows: List[Dict], claims: List[Dict], missing: 
     for c in claims:
         ci = f"{c['ci'][0]:+.2f} .. {c['ci'][1]:+.2f}" if c["n"] > 1 else "-"
         se = f" +- {c['se']:.2f}" if c["n"] > 1 else ""
-        more = f"; {c['seeds_to_detect_mean']} seeds would detect {abs(c['mean']):.2f} pt" \
-            if c["seeds_to_detect_mean"] else ""
+        need = c["seeds_to_detect_mean"]
+        more = "" if not need else f"; {need} seeds would detect {abs(c['mean']):.2f} pt" if need <= 1000 else \
+            f"; over 1000 seeds would be needed to detect {abs(c['mean']):.2f} pt"
         md.append(f"| {c['claim']} | {c['paper']} | {c['mean']:+.2f}{se} | {ci} | {c['mde']:.2f} "
                   f"| {c['verdict']}{more} |")
     md += ["", "Difference = claimed-better minus claimed-worse top-1 of the same seed. *Confirmed*: the 95 % "

@@ -161,8 +161,9 @@ def compare(better: Mapping[int, float], worse: Mapping[int, float]) -> Paired:
 
 def seeds_needed(sd_diff: float, effect: float, alpha: float = ALPHA, power: float = POWER,
                  max_n: int = 1000) -> int:
-    """The fewest seeds whose MDE, at per-seed spread ``sd_diff``, is at most ``effect``."""
+    """The fewest seeds whose MDE, at per-seed spread ``sd_diff``, is at most ``effect``; ``max_n + 1``
+    when even ``max_n`` seeds would not do."""
     for n in range(2, max_n + 1):
         if (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_diff / math.sqrt(n) <= effect:
             return n
-    return max_n
+    return max_n + 1
