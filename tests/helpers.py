@@ -14,3 +14,8 @@ def randomize_(module: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64).to(b.dtype) + 0.5)
     return module
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (the tolerance measure of the fused-op tests)."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()

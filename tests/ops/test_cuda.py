@@ -9,7 +9,7 @@ import cbam
 from cbam import functional as Fn
 from cbam.models import create_model
 from cbam.ops import backend_name, fused_cbam_tail
-from tests.helpers import randomize_
+from tests.helpers import randomize_, rel_err as _rel
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -26,10 +26,6 @@ def _no_tf32():
 
 LIM = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
 @pytest.mark.parametrize("ties", [False, True])

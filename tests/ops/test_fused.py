@@ -8,7 +8,7 @@ import cbam
 from cbam import functional as Fn
 from cbam.ops import backend_name, fused_cbam, fused_cbam_with_gates
 from cbam.ops import _torch_kernels as TK
-from tests.helpers import randomize_
+from tests.helpers import randomize_, rel_err as _rel
 
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 3e-2),
        torch.float16: (5e-3, 5e-3)}
@@ -19,10 +19,6 @@ def _pair(preset, c, dtype, train, **kw):
     fus = cbam.CBAM.from_preset(preset, c, impl="fused", **kw).train(train)
     fus.load_state_dict(ref.state_dict())
     return ref, fus
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
 @given(n=st.integers(1, 64), c=st.integers(1, 2048), h=st.integers(1, 112), w=st.integers(1, 112),

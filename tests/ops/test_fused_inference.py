@@ -9,13 +9,9 @@ import cbam
 from cbam.ops import _cpu
 from cbam.ops import _forward as FW
 from cbam.ops import fused_cbam_with_gates
-from tests.helpers import randomize_
+from tests.helpers import randomize_, rel_err as _rel
 
 LIM = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
 def _args(m, x, max_first):

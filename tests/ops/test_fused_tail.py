@@ -9,13 +9,9 @@ from cbam import functional as Fn
 from cbam.models import create_model
 from cbam.ops import _cpu, fused_cbam_tail, fused_cbam_tail_with_gates
 from cbam.ops import _forward as FW
-from tests.helpers import randomize_
+from tests.helpers import randomize_, rel_err as _rel
 
 LIM = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
-
-
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
 def _cpp():
