@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-3}"
 SHARD="${SHARD:-0/1}"
 JOBS="${JOBS:-1}"
+case "$JOBS" in ''|*[!0-9]*|0) echo "JOBS must be a positive integer (runs side by side), got '$JOBS'" >&2; exit 2;; esac
 if [ "$JOBS" -gt 1 ] && [ "$SHARD" != 0/1 ]; then
   echo "JOBS=$JOBS splits this machine's grid into shards itself; it does not combine with SHARD=$SHARD" >&2
   exit 2
