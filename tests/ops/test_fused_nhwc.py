@@ -1,6 +1,7 @@
-"""channels_last per-sample kernels at channel counts that are multiples of 16, where the AVX-512
-register paths run (16x16 tile transposes for the per-pixel reductions, register accumulators for
-the per-channel pooling): values, gradients and first-argmax routing against cbam.functional."""
+"""channels_last per-sample kernels at channel counts that are multiples of 16, where the register
+paths of the build's ISA run (AVX-512: 16x16 tile transposes, AVX2: 8x8 ones, for the per-pixel
+reductions; register accumulators for the per-channel pooling): values, gradients and first-argmax
+routing against cbam.functional."""
 import pytest
 import torch
 

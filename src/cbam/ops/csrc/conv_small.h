@@ -4,7 +4,8 @@
 // multiply-adds form one dependency chain (latency-bound: ~30 % of a 16-channel 28x28 ResNet
 // sample's fused forward); the AVX-512 conv keeps kRows rows of outputs (and the weight gradient
 // up to 8 taps) in independent registers. glibc's expf is scalar: the AVX-512 sigmoid is a
-// polynomial exp scaled by 2^n (vscalefps), within 2 ulp of expf.
+// polynomial exp scaled by 2^n (vscalefps), within 2 ulp of expf. conv_avx2.h does the same with
+// 8-lane vectors where AVX-512 is absent.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -182,6 +183,16 @@ inline void weight_grad<float>(const float* P, int64_t Hp, int64_t Wp, const flo
       }
 }
 #endif
+
+}  // namespace sample
+}  // namespace cbam_cpu
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#include "conv_avx2.h"
+#endif
+
+namespace cbam_cpu {
+namespace sample {
 
 // out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
 template <typename A>

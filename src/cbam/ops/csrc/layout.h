@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "pool.h"
-#include "nhwc_avx512.h"
+#include "nhwc_simd.h"
 
 namespace cbam_cpu {
 namespace sample {
@@ -117,11 +117,7 @@ struct NCHW {
   template <typename T, typename A>
   static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
     for (int64_t c = 0; c < C; ++c) {
-      const T* xr = x + c * HW;
-      A s = 0;
-      _Pragma("omp simd reduction(+:s)")
-      for (int64_t p = 0; p < HW; ++p) s += static_cast<A>(xr[p]) * a[p];
-      dmc[c] += s;
+      dmc[c] += dot_row(x + c * HW, a, HW);
     }
   }
 
@@ -187,7 +183,7 @@ struct NHWC {
   // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool). Short rows
   // (C < kWideRow) would pay a few horizontal reductions per pixel for a handful of channels: there a
   // block of pixels is transposed into w.t (C rows of `len` pixels; 16x16 register tiles where C is a
-  // multiple of 16, nhwc_avx512.h) and reduced down the channels as
+  // multiple of 16, nhwc_simd.h) and reduced down the channels as
   // NCHW does (spatial_block), with the same strict-> tie rule.
   static constexpr int64_t kWideRow = 64;
 

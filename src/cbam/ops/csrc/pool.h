@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -144,6 +144,24 @@ inline void row_pool<float, float>(const float* row, int64_t n, bool need_idx, f
   }
   *idx = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(m, _mm512_set1_ps(M), _CMP_EQ_OQ), k);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+}  // namespace cbam_cpu
+#include "pool_avx2.h"
+namespace cbam_cpu {
+#endif
+
+// sum_i row[i] a[i] over one row of n values.
+template <typename T, typename A>
+inline A dot_row(const T* row, const A* a, int64_t n) {
+  A s = 0;
+  _Pragma("omp simd reduction(+:s)")
+  for (int64_t i = 0; i < n; ++i) s += static_cast<A>(row[i]) * a[i];
+  return s;
+}
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+template <>
+inline float dot_row<float, float>(const float* row, const float* a, int64_t n) { return avx2::dot_row(row, a, n); }
 #endif
 
 // Over the C channels of x * mc for `len` pixels starting at x0 (= &x[n, 0, p0]; rows HW apart):
