@@ -5,13 +5,14 @@ import re
 import pytest
 import torch
 
-from cbam import bench
+from cbam import bench, bench_matrix
 from cbam.cli import main
 
 
 def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    assert main(["bench", "--smoke", "--out", str(out)]) == 0
+    every = ",".join(bench_matrix.CONFIGS)  # bf16 too, which the default leaves out on CPUs without it
+    assert main(["bench", "--smoke", "--configs", every, "--out", str(out)]) == 0
     md = out.read_text()
     assert md.startswith("## CBAM benchmark: cpu") and md.strip() in capsys.readouterr().out
     stage = [ln for ln in md.splitlines() if re.match(r"\| 2x(32x8x8|64x4x4) \|", ln)]
@@ -90,3 +91,11 @@ def test_timed_rounds_rotates_and_takes_medians(monkeypatch):
     out = bench.timed_rounds({"a": make("a"), "b": make("b")}, 2, torch.device("cpu"), warm_each=True)
     assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
     assert out == {"a": 8, "b": 5}  # timed calls only (a: 4, 8 -> upper median 8; b: 5, 1 -> 5)
+
+
+def test_default_configs_drop_bf16_only_on_a_cpu_without_it():
+    from cbam import bench_matrix as BM
+    every = ",".join(BM.CONFIGS)
+    assert BM.default_configs("cpu", "avx2 avx512f avx512_bf16") == every
+    assert BM.default_configs("cpu", "avx2 fma") == "fp32 NCHW,fp32 channels_last"
+    assert BM.default_configs("cuda", "avx2 fma") == every  # the GPU does bf16 whatever the host CPU

@@ -13,7 +13,7 @@ import contextlib
 import platform
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from torch import nn
 from .attention import CBAM
 from .bench import mlp_alone, bandwidth, round_times, timed_rounds
 from .models import create_model
+from .ops._cpuinfo import native_bf16
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ VARIANTS: Dict[str, dict] = {"plain": {}, "SE": dict(attention="se"),
                              "CBAM fused": dict(attention="cbam")}
 # on CUDA impl="auto" is the reference, so the fused row asks for the Triton kernels by name
 CUDA_VARIANTS: Dict[str, dict] = {**VARIANTS, "CBAM fused": dict(attention="cbam", attention_kwargs={"impl": "fused"})}
+
+
+def default_configs(device: str = "cpu", flags: Optional[str] = None) -> str:
+    """The matrix's configurations when none are named: all of them, but only the fp32 ones on a CPU
+    without bfloat16 arithmetic (``flags``: its ISA flags, the host's by default), where a bf16 cell
+    would take minutes to time a configuration no one would pick."""
+    names = [c for c, (dt, _) in CONFIGS.items()
+             if dt != torch.bfloat16 or not device.startswith("cpu") or native_bf16(flags)]
+    return ",".join(names)
 
 
 def cpu_name() -> str:

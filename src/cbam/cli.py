@@ -203,7 +203,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench, bench_matrix
     if a.device.startswith("cuda") and not _cuda():
         raise ValueError(f"--device {a.device}: no CUDA device here; use --device cpu")
-    nets, configs = _names(a.nets, bench_matrix.NETS, "--nets"), _names(a.configs, bench_matrix.CONFIGS, "--configs")
+    configs = bench_matrix.default_configs(a.device) if a.configs == "auto" else a.configs
+    nets, configs = _names(a.nets, bench_matrix.NETS, "--nets"), _names(configs, bench_matrix.CONFIGS, "--configs")
+    if a.configs == "auto" and len(configs) < len(bench_matrix.CONFIGS):
+        print("note: no bf16 columns: this CPU has no bfloat16 arithmetic (avx512_bf16 / amx_bf16), where bf16 "
+              "autocast is several times slower than fp32 for every network; --configs names them to time it anyway")
     shapes = bench.STAGES
     if a.smoke:
         shapes = [(32, 8), (64, 4)]
@@ -312,8 +316,9 @@ def _add_tool_commands(sub: Any) -> None:
     b.add_argument("--reps", type=int, default=5)
     b.add_argument("--nets", default="resnet50,resnet20",
                    help="networks of the configuration matrix (on CUDA ResNet-50 runs at batch 64)")
-    b.add_argument("--configs", default="fp32 NCHW,fp32 channels_last,bf16 NCHW,bf16 channels_last",
-                   help="configurations of the matrix, comma-separated")
+    b.add_argument("--configs", default="auto",
+                   help="configurations of the matrix, comma-separated; auto: fp32 and bf16 x NCHW and "
+                        "channels_last, without bf16 on a CPU that has no bfloat16 arithmetic")
     b.add_argument("--no-network", action="store_true", help="skip the network matrix")
     b.add_argument("--no-stages", action="store_true")
     b.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: checks the machinery only")

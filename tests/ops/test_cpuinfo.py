@@ -117,3 +117,13 @@ def test_load_builds_under_the_keyed_name(monkeypatch):
     assert _cpu.load() is not None
     assert seen["name"] == _cpu.build_name("asimd fp sve")
     assert seen["sources"] and all(os.path.isfile(f) for f in seen["sources"])
+
+
+def test_native_bf16_reads_the_isa_flags():
+    """bf16 arithmetic from AVX512-BF16, AMX or Arm's BF16; an AVX2 or plain AVX-512 CPU has none."""
+    assert CI.native_bf16("sse2 avx2 avx512f avx512_bf16")
+    assert CI.native_bf16("avx2 amx_tile amx_bf16")
+    assert CI.native_bf16("fp asimd bf16")
+    assert not CI.native_bf16("sse2 avx2 fma f16c")
+    assert not CI.native_bf16("avx2 avx512f avx512bw")
+    assert CI.native_bf16() == CI.native_bf16(CI.cpu_flags())

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -25,6 +26,7 @@ from ..data.datasets import Dataset
 from ..models import create_model
 from ..models.registry import parse_model_name
 from ..ops import kernels_for
+from ..ops._cpuinfo import native_bf16
 from . import distributed as D
 from .checkpoint import (TrainingDiverged, check_run_folder, latest_checkpoint, load_state, load_weights,
                          nonfinite_tensors, prepare_run_folder, save_checkpoint)
@@ -252,6 +254,10 @@ def _autocast(cfg: TrainConfig, device: torch.device):
         return contextlib.nullcontext()
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp=fp16 needs CUDA; use amp=bf16 on CPU")
+    if cfg.amp == "bf16" and device.type == "cpu" and not native_bf16():
+        warnings.warn("amp=bf16 on a CPU without bfloat16 arithmetic (no avx512_bf16 / amx_bf16): torch converts "
+                      "through float32 and training runs several times slower than amp=none (cbam bench "
+                      "measures it); use amp=none here", RuntimeWarning, stacklevel=2)
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
