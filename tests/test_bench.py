@@ -11,8 +11,8 @@ from cbam.cli import main
 
 def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    every = ",".join(bench_matrix.CONFIGS)  # bf16 too, which the default leaves out on CPUs without it
-    assert main(["bench", "--smoke", "--configs", every, "--out", str(out)]) == 0
+    assert main(["bench", "--smoke", "--out", str(out)]) == 0
+    n_cfg = len(bench_matrix.default_configs("cpu").split(","))  # 2 on a CPU without bf16 arithmetic, else 4
     md = out.read_text()
     assert md.startswith("## CBAM benchmark: cpu") and md.strip() in capsys.readouterr().out
     stage = [ln for ln in md.splitlines() if re.match(r"\| 2x(32x8x8|64x4x4) \|", ln)]
@@ -30,7 +30,7 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
         assert f"**{title}**" in md, title
     tables = md.split("### Networks")[1]
     cbam_rows = [ln for ln in tables.splitlines() if ln.startswith("| CBAM fused |")]
-    assert len(cbam_rows) == 4 and all(len(ln.split("|")) == 7 for ln in cbam_rows)  # 4 configurations
+    assert len(cbam_rows) == 4 and all(len(ln.split("|")) == n_cfg + 3 for ln in cbam_rows)  # a cell per config
     met = [ln for ln in tables.splitlines() if ln.startswith("| met |")]
     assert all(set(c.strip() for c in ln.strip("|").split("|")[1:]) <= {"yes", "no", "yes (noisy)", "no (noisy)"}
                for ln in met)
@@ -91,6 +91,19 @@ def test_timed_rounds_rotates_and_takes_medians(monkeypatch):
     out = bench.timed_rounds({"a": make("a"), "b": make("b")}, 2, torch.device("cpu"), warm_each=True)
     assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
     assert out == {"a": 8, "b": 5}  # timed calls only (a: 4, 8 -> upper median 8; b: 5, 1 -> 5)
+
+
+def test_bench_smoke_times_bf16_cells_when_named(tmp_path):
+    """The bf16 autocast columns, which the default leaves out on CPUs without bf16 arithmetic."""
+    out = tmp_path / "bench.md"
+    assert main(["bench", "--smoke", "--no-stages", "--nets", "resnet20", "--configs", "bf16 NCHW,bf16 channels_last",
+                 "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| | bf16 NCHW | bf16 channels_last |" in md
+    for ln in md.splitlines():
+        if ln.startswith(("| plain (ms) |", "| CBAM fused |")):
+            vals = [float(c.split()[0]) for c in ln.strip("|").split("|")[1:]]
+            assert len(vals) == 2 and all(math.isfinite(v) for v in vals), ln
 
 
 def test_default_configs_drop_bf16_only_on_a_cpu_without_it():
