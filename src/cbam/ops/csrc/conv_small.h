@@ -92,22 +92,24 @@ inline void weight_grad(const A* P, int64_t Hp, int64_t Wp, const A* d, int64_t 
       }
 }
 
+// Cephes' expf: x = n ln2 + r with ln2 in two parts (exact n ln2 for |n| <= 2^11), and e^r =
+// 1 + r + r^2 p(r) with p of degree 5 (coefficients highest first). For the vector exps below.
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 #if defined(__AVX512F__)
 // exp(x): x = n ln2 + r with |r| <= ln2 / 2, a degree-7 polynomial (Cephes' expf coefficients) for
 // e^r, and 2^n applied by vscalefps, which handles overflow to inf and underflow to 0 itself. The
 // clamp keeps n finite for infinite x; NaN passes through (min/max return their second operand).
 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
 }
@@ -184,16 +186,6 @@ inline void weight_grad<float>(const float* P, int64_t Hp, int64_t Wp, const flo
 }
 #endif
 
-}  // namespace sample
-}  // namespace cbam_cpu
-
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-#include "conv_avx2.h"
-#endif
-
-namespace cbam_cpu {
-namespace sample {
-
 // out = bias + cross-correlation of the (2, H, W) map `in` with the (2, k, k) kernel, zero padding k/2.
 template <typename A>
 inline void conv_kxk(const A* in, int64_t H, int64_t W, const A* wc, int64_t k, A bias, A* out, std::vector<A>& buf) {
@@ -229,3 +221,9 @@ inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, i
 
 }  // namespace sample
 }  // namespace cbam_cpu
+
+// Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
+// before any instantiation: the .cpp files that use them include this header first).
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#include "conv_avx2.h"
+#endif

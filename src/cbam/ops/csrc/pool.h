@@ -144,10 +144,6 @@ inline void row_pool<float, float>(const float* row, int64_t n, bool need_idx, f
   }
   *idx = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(m, _mm512_set1_ps(M), _CMP_EQ_OQ), k);
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-}  // namespace cbam_cpu
-#include "pool_avx2.h"
-namespace cbam_cpu {
 #endif
 
 // sum_i row[i] a[i] over one row of n values.
@@ -158,11 +154,6 @@ inline A dot_row(const T* row, const A* a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += static_cast<A>(row[i]) * a[i];
   return s;
 }
-
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-template <>
-inline float dot_row<float, float>(const float* row, const float* a, int64_t n) { return avx2::dot_row(row, a, n); }
-#endif
 
 // Over the C channels of x * mc for `len` pixels starting at x0 (= &x[n, 0, p0]; rows HW apart):
 // sum into s, max into m and (if need_idx) the first argmax channel into k. Four channels per
@@ -232,3 +223,9 @@ inline void apply_sample(const T* x, int64_t C, int64_t HW, const A* mc, const A
 }
 
 }  // namespace cbam_cpu
+
+// Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
+// before any instantiation: the .cpp files that use them include this header first).
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#include "pool_avx2.h"
+#endif

@@ -1,5 +1,5 @@
-// AVX2 + FMA float row reductions for CPUs without AVX-512, included by pool.h in place of its AVX-512
-// specialisations. Four 8-lane accumulators (32 lanes) per row: gcc's vectorisation of the generic
+// AVX2 + FMA float row reductions for CPUs without AVX-512, included at the end of pool.h where its
+// AVX-512 specialisations are not built. Four 8-lane accumulators (32 lanes) per row: gcc's vectorisation of the generic
 // loops keeps one register per reduction, a chain bound by the add's latency (row_sum_max and
 // first_equal were ~1/3 of a 16-channel 28x28 NCHW sample's grad-mode forward on an AVX2 EPYC, perf).
 // row_sum_max and row_pool form sum and max in the same lanes and order, so avg and max do not depend
@@ -105,5 +105,8 @@ inline void row_pool<float, float>(const float* row, int64_t n, bool need_idx, f
   }
   *idx = avx2::hmin8_epi32(best);
 }
+
+template <>
+inline float dot_row<float, float>(const float* row, const float* a, int64_t n) { return avx2::dot_row(row, a, n); }
 
 }  // namespace cbam_cpu

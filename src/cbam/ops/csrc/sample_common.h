@@ -35,16 +35,6 @@ inline void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A*
   }
 }
 
-}  // namespace sample
-}  // namespace cbam_cpu
-
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-#include "mlp_avx2.h"
-#endif
-
-namespace cbam_cpu {
-namespace sample {
-
 // mlp_gate for G samples at once: pa, pm, mc are (G, C) row blocks. Per sample the MLP is three
 // mat-vecs that stream every weight from cache (at C = 2048 the 2 MB of weights come from L3 for
 // each sample: ~44 us); as a (G, C) x (C, hid) matmul each weight serves G samples (~21 us per
@@ -99,3 +89,9 @@ inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx,
 
 }  // namespace sample
 }  // namespace cbam_cpu
+
+// Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
+// before any instantiation: the .cpp files that use them include this header first).
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#include "mlp_avx2.h"
+#endif
