@@ -122,3 +122,15 @@ def test_ctrl_c_hint_fits_the_command(monkeypatch, capsys, argv, hint):
     sub.choices[argv[0]].set_defaults(fn=interrupted)
     assert main(argv) == 130
     assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--budget", "-5"], "argument --budget: expected a number of seconds >= 0, got '-5'"),
+    (["demo", "--budget", "nan"], "argument --budget: expected a number of seconds >= 0, got 'nan'"),
+    (["demo", "--train-subset", "0"], "argument --train-subset: expected a whole number >= 1, got '0'"),
+])
+def test_demo_flags_are_range_checked(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

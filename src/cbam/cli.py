@@ -26,6 +26,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _seconds(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {v!r}")
+    return x
+
+
+def _positive_int(v: str) -> int:
+    if not v.strip().isdigit() or int(v) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v!r}")
+    return int(v)
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--batch-size, --no-hflip, ...). Values stay strings here:
     TrainConfig coerces and checks them, the same way as the values of a config file."""
@@ -190,7 +206,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         hook = _demo_viz
     except ImportError:
         pass
-    run_demo(a.out, quick=a.quick, progress=not a.no_progress, resume=not a.fresh, after_training=hook)
+    fixed = {"train_subset": a.train_subset} if a.train_subset else {}
+    run_demo(a.out, quick=a.quick, progress=not a.no_progress, resume=not a.fresh, after_training=hook,
+             budget_s=a.budget or None, **fixed)
     return 0
 
 
@@ -290,6 +308,11 @@ def _add_run_commands(sub: Any) -> None:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a one-minute smoke version")
     d.add_argument("--fresh", action="store_true", help="retrain even if runs exist")
+    d.add_argument("--budget", type=_seconds, default=540.0, metavar="SECONDS",
+                   help="size the training subset from throughput measured here so the whole demo takes about "
+                        "this long (default 540; 0: the full recipe however long it takes)")
+    d.add_argument("--train-subset", type=_positive_int, metavar="N",
+                   help="train on N images (fixes the size; no budget sizing)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
     v = sub.add_parser("viz", help="attention maps per stage and Grad-CAM of trained runs (PNG + index.md)")

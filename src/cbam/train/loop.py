@@ -170,21 +170,8 @@ def train_one_epoch(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer
     for i in range(steps):
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.channels_last:
-            x = x.to(memory_format=torch.channels_last)
         lr = lr_at(cfg, epoch * steps + i, steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with _autocast(cfg, device):
-            out = net(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
+        loss, out = train_step(cfg, net, opt, scaler, x, y, lr, device)
         with torch.no_grad():
             stats[0] += loss.detach() * len(y)
             stats[1] += (out.argmax(1) == y).sum()
@@ -199,6 +186,27 @@ def train_one_epoch(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer
     epoch_time = time.perf_counter() - t0
     return {"epoch": epoch + 1, "train_loss": total[0] / total[2], "train_acc": total[1] / total[2], "lr": lr,
             "epoch_time_s": epoch_time, "images_per_s": total[2] / epoch_time}
+
+
+def train_step(cfg: TrainConfig, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, lr: float, device: torch.device
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the batch (x, y) at learning rate ``lr``; returns (loss, logits)."""
+    if cfg.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with _autocast(cfg, device):
+        out = net(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss, out
 
 
 def _progress(cfg: TrainConfig, epoch: int, steps: int):

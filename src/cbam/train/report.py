@@ -108,8 +108,8 @@ def write_demo_report(out: str, runs: List[Dict], names: List[str], data_source:
         f"test subset {c.get('test_subset') or 'all'}; {c['epochs']} epochs, batch {c['batch_size']}, "
         f"{c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up {c['warmup_epochs']} epochs), seed {c['seed']}.",
         f"Configuration: {'channels_last' if c.get('channels_last') else 'NCHW'} memory format, "
-        f"{'fp32' if c.get('amp', 'none') == 'none' else c['amp'] + ' autocast'} (channels_last is the "
-        "training default; `cbam bench` times the formats, and bf16 autocast is opt-in with `--amp bf16`).",
+        f"{'fp32' if c.get('amp', 'none') == 'none' else c['amp'] + ' autocast'} (`cbam bench` times the "
+        "formats; bf16 autocast is opt-in with `--amp bf16`).",
         f"Whole demo wall-clock: {wall_s:.0f} s.", "", table, "", "![curves](curves.png)", "",
         demo_verdict(runs, names, n_test), "",
     ]
