@@ -29,10 +29,12 @@ class Rates:
 def measure_rates(cfg: TrainConfig, data: Tuple[Dataset, Dataset], steps: int = 4, eval_images: int = 512
                   ) -> Rates:
     """Times ``steps`` training steps of ``cfg`` (after one untimed warm-up step) and one evaluation
-    of ``eval_images`` test images (after an untimed one), on a throw-away model. The global random
-    state is left as it was, so the runs that follow are unchanged by the measurement."""
+    of ``eval_images`` test images (after an untimed one), on a throw-away model, on the device
+    ``train`` uses. The global random state is left as it was, so the runs that follow are unchanged
+    by the measurement."""
     train_set, test_set = data
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where train() will run
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.random.fork_rng(devices=[]):
         model = place_model(cfg, build_model(cfg, train_set.num_classes, train_set.in_chans), device, 1)
         opt = build_optimizer(cfg, model)
@@ -43,13 +45,15 @@ def measure_rates(cfg: TrainConfig, data: Tuple[Dataset, Dataset], steps: int = 
         model.train()
         for i in range(steps + 1):
             if i == 1:
+                sync()
                 t0 = time.perf_counter()
             x, y = next(it, (None, None))
             if x is None:  # a training set of a few batches: start it again
                 it = loader.batches()
                 x, y = next(it)
-            train_step(cfg, model, opt, scaler, x, y, 0.0, device)  # lr 0: the weights need not move
+            train_step(cfg, model, opt, scaler, x.to(device), y.to(device), 0.0, device)  # lr 0: weights stay
             n += len(y) if i else 0
+        sync()
         train_rate = n / (time.perf_counter() - t0)
         probe = test_set.subset(min(eval_images, len(test_set)), cfg.seed)
         evaluate(model, probe, image_size=size, device=device, channels_last=cfg.channels_last)
