@@ -10,7 +10,7 @@ import numpy as np
 
 
 def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
+    return np.exp(-np.logaddexp(0.0, -z))  # 1 / (1 + e^-z) without overflow for large negative z
 
 
 def relu(z):

@@ -82,6 +82,7 @@ def test_wrong_architecture_names_first_mismatch():
         load_checkpoint(create_model("resnet20_cbam_official", in_chans=3), sd)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile file's own protocol
 def test_safe_loading(tmp_path):
     from safetensors.torch import save_file
     m = _ours()

@@ -194,7 +194,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W) -> (N, C_last, H', W')``, the last stage's map."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != self.in_chans):  # a trace fixes shapes
             raise ValueError("ResNet(in_chans=" + str(self.in_chans) + ") expects (N, " + str(self.in_chans)
                              + ", H, W), got shape " + str(list(x.shape)))
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
