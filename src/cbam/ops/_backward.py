@@ -40,9 +40,10 @@ class Saved(NamedTuple):
     bn_w: Optional[Tensor]
 
 
-def backward(gy: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool, eps: float,
-             max_first: bool) -> List[Tensor]:
-    """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity] (empty tensors where an input is absent)."""
+def backward(gy: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved, use_bn: bool, training: bool,
+             eps: float, max_first: bool) -> List[Tensor]:
+    """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity] (empty tensors where an input is absent).
+    ``gmc`` / ``gms`` None: the gates' own gradients are zero."""
     x = s.x
     if torch.is_autocast_enabled(x.device.type):  # a backward called inside autocast: float32 math, as forward
         with torch.autocast(x.device.type, enabled=False):
@@ -56,8 +57,8 @@ def backward(gy: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, train
     return _backward_passes(K, g, gmc, gms, s, use_bn, training, eps, max_first)
 
 
-def _backward_passes(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool,
-                     eps: float, max_first: bool) -> List[Tensor]:
+def _backward_passes(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved,
+                     use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
     x, mc, ms = s.x, s.mc, s.ms
     n, c, h, w = x.shape
     hw = h * w
@@ -65,8 +66,8 @@ def _backward_passes(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Save
     if s.out is not None:  # relu's backward: the gradient passes where the block output is positive
         g = d_id = g * (s.out > 0)
     r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
-    dmc = r_c + gmc
-    dms = r_s.view(n, 1, h, w) + gms
+    dmc = r_c if gmc is None else r_c + gmc
+    dms = r_s.view(n, 1, h, w) if gms is None else r_s.view(n, 1, h, w) + gms
     dsd, dwc, dbc, dbn_w, dbn_b = spatial_backward(dms, ms, s.sd, s.wc, s.bc, s.bn_w, use_bn, training, s.bmean,
                                                    s.bvar, eps, conv_grad=getattr(K, "conv_backward", None))
     d_avg, d_max = (dsd[:, 1], dsd[:, 0]) if max_first else (dsd[:, 0], dsd[:, 1])
@@ -82,8 +83,8 @@ def _backward_passes(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Save
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id, s, use_bn)
 
 
-def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Saved, use_bn: bool, training: bool,
-                      eps: float, max_first: bool) -> List[Tensor]:
+def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved,
+                      use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
     """The input gradient per sample in C++ (g and x read from DRAM once; twice with training-mode BN);
     the weight gradients from the returned gate gradients with small batched ops. Training-mode BN
     couples the samples through its statistics: pass A runs first over all samples, then the rest per
@@ -94,7 +95,8 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Sav
     cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
     d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731  (saved outputs come back with a grad_fn)
     ms2, out = d(s.ms).view(n, h * w), (x.new_empty(0) if s.out is None else s.out)
-    gmc, gms2 = d(gmc), d(gms).view(n, h * w)
+    none = x.new_empty(0, dtype=acc)  # the C++ kernels read an empty gate gradient as zero
+    gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
     weights = (cast(s.w1), cast(s.b1), cast(s.w2), cast(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
     if use_bn and training:
@@ -115,7 +117,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Tensor, gms: Tensor, s: Sav
                                                        training, s.bmean, s.bvar, eps, need_input=False,
                                                        need_weight=False)
     _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
-    return _grads_out(dx, dw1, db1, dw2, db2, dwc.sum(0, keepdim=True), dbc, dbn_w, dbn_b,
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b,
                       None if s.out is None else d_id, s, use_bn)
 
 

@@ -103,11 +103,12 @@ def _backward(ctx, *grads):
     x, out, mc, ms = saved[:4]
     use_bn, training, eps, max_first = ctx.flags
     gy = torch.zeros_like(x) if gy is None else gy
-    gmc = torch.zeros_like(mc) if gmc is None else gmc
-    gms = torch.zeros_like(ms) if gms is None else gms
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        gmc = torch.zeros_like(mc) if gmc is None else gmc
+        gms = torch.zeros_like(ms) if gms is None else gms
         grads_in = _bwd(gy, gmc, gms, *saved, use_bn, training, eps, max_first)
-    else:  # eager: the implementation itself, without the dispatcher's round trip (as the eager forward)
+    else:  # eager: the implementation itself, without the dispatcher's round trip (as the eager forward);
+        # the gates' gradients stay None when the gates themselves were not used (the usual case)
         grads_in = B.backward(gy, gmc, gms, B.Saved(*saved), use_bn, training, eps, max_first)
     dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id = grads_in
     b1, b2, bc, bn_w = saved[13], saved[15], saved[17], saved[18]

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "layout.h"
@@ -113,10 +114,23 @@ struct Backward {
         : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C) {}
   };
 
-  // Read g and x: dmc[n] += sum_p g x ms, dms[n] = gms + sum_c g x mc.
+  // The argmax routes index dx: in range, or the flags are set (checked per sample while the indices
+  // are in cache, instead of a separate pass over them).
+  std::atomic<bool> *bad_c, *bad_s;
+  bool routes_valid(const int32_t* icn, const int32_t* isn) const {
+    bool ok_c = true, ok_s = true;
+    for (int64_t c = 0; c < C; ++c) ok_c &= icn[c] >= 0 && icn[c] < HW;
+    for (int64_t p = 0; p < HW; ++p) ok_s &= isn[p] >= 0 && isn[p] < C;
+    if (!ok_c) bad_c->store(true, std::memory_order_relaxed);
+    if (!ok_s) bad_s->store(true, std::memory_order_relaxed);
+    return ok_c && ok_s;
+  }
+
+  // Read g and x: dmc[n] += sum_p g x ms, dms[n] = gms + sum_c g x mc (gms absent: zero).
   void reduce(int64_t n, Scratch<A>& w) {
     const int64_t off = n * C * HW;
-    std::copy(gms + n * HW, gms + (n + 1) * HW, dms + n * HW);
+    if (gms) std::copy(gms + n * HW, gms + (n + 1) * HW, dms + n * HW);
+    else std::fill(dms + n * HW, dms + (n + 1) * HW, A(0));  // ms's own gradient unused: zero
     L::reduce(g + off, o ? o + off : nullptr, x + off, C, HW, mc + n * C, ms + n * HW, dmc + n * C, dms + n * HW, w);
   }
 
@@ -128,6 +142,7 @@ struct Backward {
     const A* mcn = mc + n * C;
     A* dmcn = dmc + n * C;
     const int32_t *isn = is + n * HW, *icn = ic + n * C;
+    if (!routes_valid(icn, isn)) return;  // the caller raises; nothing is written through a bad index
     conv_kxk_adjoint(du, H, W, wc, k, b.dsd.data(), b.pbuf);
     conv_kxk_weight_grad(sd + n * 2 * HW, du, H, W, k, dwc + n * 2 * k * k, b.pbuf);
     A* av = b.dsd.data() + avg_ch * HW;  // becomes a = d s_avg / C
@@ -244,6 +259,7 @@ struct BwdArgs {
   at::Tensor dx, did, dmc, dms, dwc;  // outputs
   double scale;
   bool max_first;
+  std::atomic<bool> bad_c{false}, bad_s{false};  // an argmax route out of range (nothing written through it)
 };
 
 template <typename A>
@@ -265,6 +281,7 @@ Backward<L, T> make_backward(BwdArgs& a) {
   b.ic = ptr_or_null<int32_t>(a.idx_c), b.is = ptr_or_null<int32_t>(a.idx_s);
   b.dmc = ptr_mut<A>(a.dmc), b.dms = ptr_mut<A>(a.dms), b.dwc = ptr_mut<A>(a.dwc);
   b.sc = static_cast<A>(a.scale);
+  b.bad_c = &a.bad_c, b.bad_s = &a.bad_s;
   return b;
 }
 
@@ -301,11 +318,20 @@ void reduce_run(BwdArgs& a) {
   });
 }
 
-void check_index(const at::Tensor& idx, int64_t bound, const char* what, const char* fn) {
-  if (idx.numel() == 0) return;
-  auto mm = at::aminmax(idx);
-  TORCH_CHECK(std::get<0>(mm).item<int32_t>() >= 0 && std::get<1>(mm).item<int32_t>() < bound, fn, ": ", what,
-              " holds indices outside [0, ", bound, ")");
+// (N, ...) -> (1, ...): a serial sum, for the per-sample conv weight gradients (N x 2 x k x k floats),
+// where at::sum's parallel dispatch costs more than the additions.
+at::Tensor sum_samples(const at::Tensor& t) {
+  auto sizes = t.sizes().vec();
+  sizes[0] = 1;
+  auto r = at::zeros(sizes, t.options());
+  const int64_t N = t.size(0), m = t.numel() / std::max<int64_t>(N, 1);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "sum_samples", [&] {
+    const scalar_t* p = t.data_ptr<scalar_t>();
+    scalar_t* q = r.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < m; ++i) q[i] += p[n * m + i];
+  });
+  return r;
 }
 
 void check_grads(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x, const at::Tensor& mc,
@@ -340,10 +366,11 @@ std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::T
                                                 const at::Tensor& gms) {
   const char* fn = "backward_reduce_samples";
   check_grads(g, out, x, mc, ms, fn);
-  check_small(gmc, {mc.size(0), mc.size(1)}, mc.scalar_type(), "gmc", fn);
-  check_small(gms, {ms.size(0), ms.size(1)}, ms.scalar_type(), "gms", fn);
+  if (gmc.numel()) check_small(gmc, {mc.size(0), mc.size(1)}, mc.scalar_type(), "gmc", fn);
+  if (gms.numel()) check_small(gms, {ms.size(0), ms.size(1)}, ms.scalar_type(), "gms", fn);
   BwdArgs a{g, out, x, mc, ms};
-  a.gms = gms, a.dmc = gmc.clone(), a.dms = at::empty_like(ms), a.scale = 1.0, a.max_first = false;
+  a.gms = gms, a.dmc = gmc.numel() ? gmc.clone() : at::zeros_like(mc), a.dms = at::empty_like(ms), a.scale = 1.0;
+  a.max_first = false;
   CBAM_DISPATCH_LAYOUT(x, "cbam_samples", reduce_run, a);
   return {a.dmc, a.dms};
 }
@@ -351,7 +378,8 @@ std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::T
 // The backward per sample, reading g (and out) and x from DRAM once. `scale` is d u / d (pre-sigmoid)
 // of a folded eval-mode BN (1 without BN). dmc0: gmc (du empty) or pass A's dmc (du given: training-mode
 // BN's du, formed from every sample's dms). Returns [dx, d identity (empty without out), dmc, dms (empty
-// when du is given), dwc (N, 2, k, k) per sample]; Python forms the small weight gradients from them.
+// when du is given), dwc (1, 2, k, k) summed over the samples]; Python forms the MLP's weight gradients.
+// Empty dmc0 / gms: those gradients are zero (the gates' own outputs unused).
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
@@ -364,20 +392,24 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
   const auto acc = mc.scalar_type();
   check_weights(w1, b1, w2, at::Tensor(), wc, C, acc, fn);
   const int64_t k = wc.size(-1);
-  for (const auto* t : {&p_avg, &p_max, &dmc0}) check_small(*t, {N, C}, acc, "p_avg, p_max and dmc0", fn);
+  check_small(p_avg, {N, C}, acc, "p_avg", fn);
+  check_small(p_max, {N, C}, acc, "p_max", fn);
+  if (dmc0.numel()) check_small(dmc0, {N, C}, acc, "dmc0", fn);
   check_small(idx_c, {N, C}, at::kInt, "idx_c", fn);
   check_small(idx_s, {N, HW}, at::kInt, "idx_s", fn);
   check_small(sd, {N, 2, H, W}, acc, "sd", fn);
-  check_small(du.numel() ? du : gms, {N, HW}, acc, du.numel() ? "du" : "gms", fn);
+  if (du.numel()) check_small(du, {N, HW}, acc, "du", fn);
+  else if (gms.numel()) check_small(gms, {N, HW}, acc, "gms", fn);
   BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du};
   const bool nhwc = is_nhwc(x);
   a.dx = cached_like(x, nhwc), a.did = out.numel() ? cached_like(x, nhwc) : at::empty({0}, x.options());
-  a.dmc = dmc0.clone(), a.dms = du.numel() ? at::empty({0}, ms.options()) : at::empty_like(ms);
+  a.dmc = dmc0.numel() ? dmc0.clone() : at::zeros_like(mc);
+  a.dms = du.numel() ? at::empty({0}, ms.options()) : at::empty_like(ms);
   a.dwc = at::empty({N, 2, k, k}, mc.options()), a.scale = scale, a.max_first = max_first;
-  check_index(idx_c, HW, "idx_c", fn);  // the max-pool routes write through these
-  check_index(idx_s, C, "idx_s", fn);
   CBAM_DISPATCH_LAYOUT(x, "cbam_samples", backward_run, a);
-  return {a.dx, a.did, a.dmc, a.dms, a.dwc};
+  TORCH_CHECK(!a.bad_c, fn, ": idx_c holds indices outside [0, ", HW, ")");
+  TORCH_CHECK(!a.bad_s, fn, ": idx_s holds indices outside [0, ", C, ")");
+  return {a.dx, a.did, a.dmc, a.dms, sum_samples(a.dwc)};
 }
 
 // The k x k conv's gradients for a batch, per sample on threads: d sd (N, 2, H, W) and d wc (2, k, k)
