@@ -94,27 +94,19 @@ inline void correlate<float>(const float* P, int64_t ch, int64_t Hp, int64_t Wp,
   }
 }
 
-// Up to 8 taps of one kernel row at a time in separate registers: each 8-wide load of d serves all of them.
+struct Ymm {
+  using reg = __m256;
+  static constexpr int64_t width = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(reg v) { return avx2::hsum8(v); }
+};
+
 template <>
 inline void weight_grad<float>(const float* P, int64_t Hp, int64_t Wp, const float* d, int64_t H, int64_t Wb,
                                int64_t k, float* dw) {
-  for (int64_t ci = 0; ci < 2; ++ci)
-    for (int64_t dy = 0; dy < k; ++dy)
-      for (int64_t dx0 = 0; dx0 < k; dx0 += 8) {
-        const int64_t nt = std::min<int64_t>(8, k - dx0);
-        __m256 a[8];
-        for (auto& v : a) v = _mm256_setzero_ps();
-        for (int64_t y = 0; y < H; ++y) {
-          const float *src = P + (ci * Hp + y + dy) * Wp + dx0, *dv = d + y * Wb;
-          for (int64_t x0 = 0; x0 < Wb; x0 += 8) {
-            const __m256 g = _mm256_loadu_ps(dv + x0);
-#define CBAM_TAP(t) if (nt > t) a[t] = _mm256_fmadd_ps(g, _mm256_loadu_ps(src + x0 + t), a[t]);
-            CBAM_TAP(0) CBAM_TAP(1) CBAM_TAP(2) CBAM_TAP(3) CBAM_TAP(4) CBAM_TAP(5) CBAM_TAP(6) CBAM_TAP(7)
-#undef CBAM_TAP
-          }
-        }
-        for (int64_t t = 0; t < nt; ++t) dw[(ci * k + dy) * k + dx0 + t] = avx2::hsum8(a[t]);
-      }
+  weight_grad_simd<Ymm>(P, Hp, Wp, d, H, Wb, k, dw);
 }
 
 }  // namespace sample

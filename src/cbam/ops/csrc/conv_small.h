@@ -29,6 +29,11 @@ inline void sigmoid_affine(A* u, int64_t n, A sc, A sh) {
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
 constexpr int64_t kRows = 4;    // output rows per register block (AVX-512 conv)
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kGradLanes = 8;   // du's row padding in the weight gradient: AVX2 loads 8 wide (7 -> 8, not 16)
+#else
+constexpr int64_t kGradLanes = 16;  // whole 16-lane blocks (AVX-512 and the generic loop)
+#endif
 
 // Copies the (ch, H, W) map `in` into buf as (ch, Hp, Wp) with zero borders: p = k / 2 columns left and
 // right (Wp leaves room for a full 16-lane block past the last column) and p rows on top; below, p rows
@@ -71,24 +76,64 @@ inline void correlate(const A* P, int64_t ch, int64_t Hp, int64_t Wp, const A* w
 }
 
 // The kernel's gradient over a padded (2, Hp, Wp) map P: dw[ci, dy, dx] = sum_{y,x} d[y, x] P[ci, y+dy, x+dx],
-// d being du with rows padded by zeros to Wb (whole 16-lane blocks). Each tap accumulates 16-lane
+// d being du with rows padded by zeros to Wb (whole kGradLanes blocks). Each tap accumulates kGradLanes
 // partial sums in registers over all rows (one horizontal sum per tap, not one per row).
 template <typename A>
 inline void weight_grad(const A* P, int64_t Hp, int64_t Wp, const A* d, int64_t H, int64_t Wb, int64_t k, A* dw) {
   for (int64_t ci = 0; ci < 2; ++ci)
     for (int64_t dy = 0; dy < k; ++dy)
       for (int64_t dx = 0; dx < k; ++dx) {
-        A a[kLanes] = {};
+        A a[kGradLanes] = {};
         for (int64_t y = 0; y < H; ++y) {
           const A *src = P + (ci * Hp + y + dy) * Wp + dx, *dv = d + y * Wb;
-          for (int64_t x0 = 0; x0 < Wb; x0 += kLanes) {
+          for (int64_t x0 = 0; x0 < Wb; x0 += kGradLanes) {
             _Pragma("omp simd")
-            for (int64_t l = 0; l < kLanes; ++l) a[l] += dv[x0 + l] * src[x0 + l];
+            for (int64_t l = 0; l < kGradLanes; ++l) a[l] += dv[x0 + l] * src[x0 + l];
           }
         }
         A s = 0;
-        for (int64_t l = 0; l < kLanes; ++l) s += a[l];
+        for (int64_t l = 0; l < kGradLanes; ++l) s += a[l];
         dw[(ci * k + dy) * k + dx] = s;
+      }
+}
+
+// The SIMD weight gradient, for a vector type V (V::reg, V::width, zero, load, fma, sum; avx512 below,
+// avx2 in conv_avx2.h): NT taps of one kernel row at a time, NT a compile-time count so the NT
+// accumulators live in registers (with a run-time count gcc kept them on the stack, a store and a
+// reload per FMA: 3x slower), and each V::width-wide load of d serves all of them.
+template <class V, int NT>
+inline void weight_grad_taps(const float* src, int64_t Wp, const float* d, int64_t H, int64_t Wb, float* dw) {
+  typename V::reg a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = V::zero();
+  for (int64_t y = 0; y < H; ++y) {
+    const float *s = src + y * Wp, *dv = d + y * Wb;
+    for (int64_t x0 = 0; x0 < Wb; x0 += V::width) {
+      const typename V::reg g = V::load(dv + x0);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) a[t] = V::fma(g, V::load(s + x0 + t), a[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) dw[t] = V::sum(a[t]);
+}
+
+template <class V>
+inline void weight_grad_simd(const float* P, int64_t Hp, int64_t Wp, const float* d, int64_t H, int64_t Wb,
+                             int64_t k, float* dw) {
+  for (int64_t ci = 0; ci < 2; ++ci)
+    for (int64_t dy = 0; dy < k; ++dy)
+      for (int64_t dx0 = 0; dx0 < k; dx0 += 8) {
+        const float* src = P + (ci * Hp + dy) * Wp + dx0;
+        float* o = dw + (ci * k + dy) * k + dx0;
+        switch (std::min<int64_t>(8, k - dx0)) {
+          case 1: weight_grad_taps<V, 1>(src, Wp, d, H, Wb, o); break;
+          case 2: weight_grad_taps<V, 2>(src, Wp, d, H, Wb, o); break;
+          case 3: weight_grad_taps<V, 3>(src, Wp, d, H, Wb, o); break;
+          case 4: weight_grad_taps<V, 4>(src, Wp, d, H, Wb, o); break;
+          case 5: weight_grad_taps<V, 5>(src, Wp, d, H, Wb, o); break;
+          case 6: weight_grad_taps<V, 6>(src, Wp, d, H, Wb, o); break;
+          case 7: weight_grad_taps<V, 7>(src, Wp, d, H, Wb, o); break;
+          default: weight_grad_taps<V, 8>(src, Wp, d, H, Wb, o); break;
+        }
       }
 }
 
@@ -162,27 +207,19 @@ inline void correlate<float>(const float* P, int64_t ch, int64_t Hp, int64_t Wp,
   }
 }
 
-// Up to 8 taps of one kernel row at a time in separate registers: each 16-wide load of d serves all of them.
+struct Zmm {
+  using reg = __m512;
+  static constexpr int64_t width = 16;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+};
+
 template <>
 inline void weight_grad<float>(const float* P, int64_t Hp, int64_t Wp, const float* d, int64_t H, int64_t Wb,
                                int64_t k, float* dw) {
-  for (int64_t ci = 0; ci < 2; ++ci)
-    for (int64_t dy = 0; dy < k; ++dy)
-      for (int64_t dx0 = 0; dx0 < k; dx0 += 8) {
-        const int64_t nt = std::min<int64_t>(8, k - dx0);
-        __m512 a[8];
-        for (auto& v : a) v = _mm512_setzero_ps();
-        for (int64_t y = 0; y < H; ++y) {
-          const float *src = P + (ci * Hp + y + dy) * Wp + dx0, *dv = d + y * Wb;
-          for (int64_t x0 = 0; x0 < Wb; x0 += kLanes) {
-            const __m512 g = _mm512_loadu_ps(dv + x0);
-#define CBAM_TAP(t) if (nt > t) a[t] = _mm512_fmadd_ps(g, _mm512_loadu_ps(src + x0 + t), a[t]);
-            CBAM_TAP(0) CBAM_TAP(1) CBAM_TAP(2) CBAM_TAP(3) CBAM_TAP(4) CBAM_TAP(5) CBAM_TAP(6) CBAM_TAP(7)
-#undef CBAM_TAP
-          }
-        }
-        for (int64_t t = 0; t < nt; ++t) dw[(ci * k + dy) * k + dx0 + t] = _mm512_reduce_add_ps(a[t]);
-      }
+  weight_grad_simd<Zmm>(P, Hp, Wp, d, H, Wb, k, dw);
 }
 #endif
 
@@ -200,7 +237,7 @@ inline void conv_kxk_weight_grad(const A* in, const A* du, int64_t H, int64_t W,
                                  std::vector<A>& buf) {
   int64_t Hp, Wp;
   pad_map(in, 2, H, W, k, buf, Hp, Wp);
-  const int64_t Wb = (W + kLanes - 1) / kLanes * kLanes;
+  const int64_t Wb = (W + kGradLanes - 1) / kGradLanes * kGradLanes;
   std::vector<A> d(H * Wb, A(0));
   for (int64_t y = 0; y < H; ++y) std::copy(du + y * W, du + (y + 1) * W, d.data() + y * Wb);
   weight_grad(buf.data(), Hp, Wp, d.data(), H, Wb, k, dw);
