@@ -8,9 +8,10 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from .train.config import TrainConfig
+from .train.runs import load_pretrained_model, load_run_model
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -61,33 +62,6 @@ def _config_from_args(a: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(a.config).to_dict() if a.config else TrainConfig().to_dict()
     base.update({k: v for k in _FIELDS if (v := getattr(a, k, None)) is not None})
     return TrainConfig.from_dict(base)
-
-
-def load_run_model(path: str, split: str = "test", data: Optional[str] = None,
-                   data_root: Optional[str] = None) -> Tuple[Any, TrainConfig, Any]:
-    """(model in eval mode, config, dataset ``split``) of a run folder's last checkpoint."""
-    from .data import load_dataset
-    from .train import build_model
-    from .train.checkpoint import latest_checkpoint, load_weights
-    from .train.report import load_run
-    run = load_run(path)
-    cfg = TrainConfig.from_dict({k: v for k, v in run["config"].items() if k in _FIELDS})
-    ck = latest_checkpoint(path)
-    if ck is None:
-        raise FileNotFoundError(f"{path} has no checkpoint yet")
-    ds = load_dataset(data or cfg.data, split, data_root or cfg.data_root)
-    return load_weights(build_model(cfg, ds.num_classes, ds.in_chans), ck[1]).eval(), cfg, ds
-
-
-def load_pretrained_model(name: str, tag: str, split: str = "test", data: Optional[str] = None,
-                          data_root: Optional[str] = None) -> Tuple[Any, TrainConfig, Any]:
-    """(shipped network in eval mode, the config it was trained with, dataset ``split``)."""
-    from .data import load_dataset
-    from .models import create_model
-    model = create_model(name, pretrained=tag).eval()
-    card = model.pretrained_card
-    cfg = TrainConfig.from_dict({k: v for k, v in card["config"].items() if k in _FIELDS})
-    return model, cfg, load_dataset(data or cfg.data, split, data_root or cfg.data_root)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -357,7 +331,8 @@ def cmd_publish(a: argparse.Namespace) -> int:
         return 0
     if not a.tag:
         raise ValueError("--tag is required to publish (e.g. --tag fashion-mnist)")
-    w, c = pretrained.publish(a.run, a.tag, a.name, a.dest, a.min_acc, a.licence)
+    from .train.publish import publish
+    w, c = publish(a.run, a.tag, a.name, a.dest, a.min_acc, a.licence)
     with open(c, encoding="utf-8") as f:
         print(f"written {w} and {c} (test top-1 {json.load(f)['test_top1']:.2f} %)")
     return 0

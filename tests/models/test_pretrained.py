@@ -8,6 +8,7 @@ import torch
 from cbam.data import load_dataset
 from cbam.models import create_model, pretrained
 from cbam.train import TrainConfig, evaluate, train
+from cbam.train.publish import builtin_subset_top1, publish
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def shelf(tmp_path, monkeypatch):
 
 
 def test_publish_then_load_by_name_reproduces_the_cards_accuracy(run_dir, shelf):
-    w, c = pretrained.publish(run_dir, "digits-test", licence="CC0 (test data)")
+    w, c = publish(run_dir, "digits-test", licence="CC0 (test data)")
     assert os.path.basename(w) == "resnet20_cbam-digits-test.safetensors" and os.path.dirname(c) == str(shelf)
     card = json.load(open(c))
     assert card["sha256"] == pretrained.sha256_of(w) and card["seed"] == 5 and card["licence"].startswith("CC0")
@@ -49,7 +50,7 @@ def test_publish_then_load_by_name_reproduces_the_cards_accuracy(run_dir, shelf)
 
 
 def test_tampered_weights_are_refused(run_dir, shelf):
-    w, _ = pretrained.publish(run_dir, "digits-test", licence="CC0")
+    w, _ = publish(run_dir, "digits-test", licence="CC0")
     raw = bytearray(open(w, "rb").read())
     raw[-5] ^= 0x01  # one bit of one weight
     open(w, "wb").write(bytes(raw))
@@ -61,16 +62,16 @@ def test_missing_weights_name_what_is_available(run_dir, shelf):
     with pytest.raises(ValueError, match=r"^no pretrained weights 'fashion-mnist' for resnet20_se; available: "
                                          r"none in this version$"):
         create_model("resnet20_se", pretrained="fashion-mnist")
-    pretrained.publish(run_dir, "digits-test", licence="CC0")
+    publish(run_dir, "digits-test", licence="CC0")
     with pytest.raises(ValueError, match=r"available: resnet20_cbam \(pretrained='digits-test'\)$"):
         create_model("resnet20_cbam", pretrained="fashion-mnist")
 
 
 def test_publish_refuses_below_min_acc_and_unstated_licence(run_dir, shelf):
     with pytest.raises(ValueError, match="below --min-acc 99.9"):
-        pretrained.publish(run_dir, "x", licence="CC0", min_acc=99.9)
+        publish(run_dir, "x", licence="CC0", min_acc=99.9)
     with pytest.raises(ValueError, match="state the licence"):
-        pretrained.publish(run_dir, "x")
+        publish(run_dir, "x")
     from cbam.cli import main
     assert main(["publish", run_dir, "--tag", "cli", "--licence", "CC0", "--dest", str(shelf)]) == 0
     assert os.path.exists(shelf / "resnet20_cbam-cli.json")
@@ -86,11 +87,11 @@ def test_fashion_card_records_the_builtin_subset_figure(tmp_path, shelf):
     out = str(tmp_path / "run")
     train(TrainConfig(model="resnet20", data="fashion-mnist", data_root=str(tmp_path), epochs=1, batch_size=32,
                       max_steps_per_epoch=1, out=out, tensorboard=False, progress=False, threads=1))
-    _, c = pretrained.publish(out, "fm-test")
+    _, c = publish(out, "fm-test")
     card = json.load(open(c))
     assert card["model"] == "resnet20" and card["licence"].startswith("weights: MIT") and card["eval"]["images"] == 32
     model = create_model("resnet20", pretrained="fm-test")
-    assert pretrained.builtin_subset_top1(model) == pytest.approx(card["builtin_subset_top1"], abs=0.006)
+    assert builtin_subset_top1(model) == pytest.approx(card["builtin_subset_top1"], abs=0.006)
 
 
 @pytest.mark.parametrize("name,tag", pretrained.available() or [pytest.param("-", "-", marks=pytest.mark.skip(
@@ -99,14 +100,14 @@ def test_shipped_weights_match_their_cards(name, tag):
     model = create_model(name, pretrained=tag)  # also verifies the sha256
     card = model.pretrained_card
     assert card["test_top1"] >= 92.0
-    assert pretrained.builtin_subset_top1(model, card["data"]["image_size"]) == pytest.approx(
+    assert builtin_subset_top1(model, card["data"]["image_size"]) == pytest.approx(
         card["builtin_subset_top1"], abs=0.006)
 
 
 def test_cbam_eval_on_shipped_weights_prints_the_cards_figure(run_dir, shelf, tmp_path, capsys):
     """The card's eval command, run as written, measures the card's top-1."""
     from cbam.cli import main
-    _, c = pretrained.publish(run_dir, "digits-test", licence="CC0")
+    _, c = publish(run_dir, "digits-test", licence="CC0")
     card = json.load(open(c))
     argv = card["eval"]["command"].split()[1:] + ["--out", str(tmp_path / "ev")]
     assert main(argv) == 0
