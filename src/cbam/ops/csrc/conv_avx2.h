@@ -46,9 +46,10 @@ inline void sigmoid_affine<float>(float* u, int64_t n, float sc, float sh) {
 // kRows x 16 outputs per register block (kRows x Halves ymm accumulators): input row y0 + j of channel ci
 // feeds output row y0 + r through the kernel row dy = j - r, so each load serves up to kRows rows. A block
 // with at most 8 valid columns (7x7 maps) computes one half only.
-template <int Halves>
-inline void correlate_block(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k,
+template <int Halves, int K = 0>  // K > 0: the kernel size fixed at compile time (the dx loop unrolled)
+inline void correlate_block(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k_,
                             int64_t y0, int64_t rows, int64_t x0, int64_t n, int64_t W, float bias, float* out) {
+  const int64_t k = K > 0 ? K : k_;
   static_assert(kRows == 4 && kLanes == 16, "the register block below names four rows of two halves");
   __m256 a0 = _mm256_set1_ps(bias), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
   for (int64_t ci = 0; ci < ch; ++ci) {
@@ -88,7 +89,9 @@ inline void correlate<float>(const float* P, int64_t ch, int64_t Hp, int64_t Wp,
     const int64_t rows = std::min(kRows, H - y0);
     for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
       const int64_t n = std::min(kLanes, W - x0);
-      if (n > 8) correlate_block<2>(P, ch, Hp, Wp, w, k, y0, rows, x0, n, W, bias, out);
+      if (k == 7 && n > 8) correlate_block<2, 7>(P, ch, Hp, Wp, w, k, y0, rows, x0, n, W, bias, out);
+      else if (k == 7) correlate_block<1, 7>(P, ch, Hp, Wp, w, k, y0, rows, x0, n, W, bias, out);
+      else if (n > 8) correlate_block<2>(P, ch, Hp, Wp, w, k, y0, rows, x0, n, W, bias, out);
       else correlate_block<1>(P, ch, Hp, Wp, w, k, y0, rows, x0, n, W, bias, out);
     }
   }
