@@ -63,3 +63,10 @@ def test_demo_picks_the_faster_layout_sizes_its_training_set_and_keeps_both_on_r
     c = json.load(open(f"{out}/cbam/config.json"))
     assert c["train_subset"] == n and c["channels_last"] is False
     assert f"kept from the runs already in {out}" in open(report).read()
+    with pytest.raises(ValueError, match=f"holds demo runs made with train_subset={n}; rerun with --fresh"):
+        D.run_demo(out, quick=True, progress=False, resume=True, log=lambda s: None, train_subset=n + 1, **kw)
+    c["channels_last"] = True  # as an interrupted --fresh demo leaves its folder: runs of two recipes
+    with open(f"{out}/cbam/config.json", "w") as f:
+        json.dump(c, f)
+    with pytest.raises(ValueError, match="were made with different settings"):
+        D.run_demo(out, quick=True, progress=False, resume=True, log=lambda s: None, **kw)

@@ -40,13 +40,24 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
     ``after_training`` may add report sections (e.g. attention maps). With ``budget_s`` and no
     ``train_subset`` override, the training subset is sized so the whole demo takes about
     ``budget_s`` seconds on this machine (:func:`size_to_budget`); ``budget_s=None`` keeps the recipe.
+    A resumed demo trains with the subset and memory format of the runs already in ``out`` and
+    refuses overrides that differ from them.
     """
     t0 = time.perf_counter()
     for name, _ in VARIANTS:  # an unusable --out fails now, not after the throughput measurement
         check_run_folder(os.path.join(out, name), resume, not resume)
     sizing = ""
-    if budget_s and "train_subset" not in overrides:
-        chosen, sizing = size_to_budget(out, quick, resume, budget_s - (time.perf_counter() - t0), log, **overrides)
+    prior = _choices_in(out) if resume else None
+    if prior is not None:  # a resumed demo trains what its finished runs were trained with
+        clash = [f"{k}={v}" for k, v in prior.items() if k in overrides and overrides[k] != v]
+        if clash:
+            raise ValueError(f"{out} holds demo runs made with {', '.join(clash)}; rerun with --fresh to replace "
+                             "them, or choose another --out")
+        overrides.update(prior)
+        sizing = (f"Training subset {prior['train_subset'] or 'all'}, "
+                  f"{'channels_last' if prior['channels_last'] else 'NCHW'}: kept from the runs already in {out}.")
+    elif budget_s and "train_subset" not in overrides:
+        chosen, sizing = size_to_budget(out, quick, budget_s - (time.perf_counter() - t0), log, **overrides)
         overrides.update(chosen)
     cfg0 = demo_config(os.path.join(out, "x"), quick, **overrides)
     data = load_data(cfg0)
@@ -71,16 +82,13 @@ def run_demo(out: str = "runs/demo", quick: bool = False, progress: bool = True,
     return report
 
 
-def size_to_budget(out: str, quick: bool, resume: bool, seconds: float, log: Callable[[str], None],
+def size_to_budget(out: str, quick: bool, seconds: float, log: Callable[[str], None],
                    **overrides) -> Tuple[Dict[str, Any], str]:
     """(the overrides it chose, a report sentence saying how). The memory format is the faster here
     (channels_last or NCHW: which one wins depends on the CPU), unless ``overrides`` fixes it; the
     training subset is the largest that lets every variant's epochs and evaluations end within
-    ``seconds`` at the throughput measured here. A demo resumed in ``out`` keeps its runs' choices."""
+    ``seconds`` at the throughput measured here."""
     full_cfg = demo_config(os.path.join(out, "x"), quick, **overrides)
-    prior = _choices_in(out) if resume else None
-    if prior is not None:
-        return prior, f"Training subset {prior['train_subset'] or 'all'}: kept from the runs already in {out}."
     t0 = time.perf_counter()
     data = load_data(full_cfg)
     log(f"measuring throughput to fit the {seconds:.0f} s time budget (the first CBAM network compiles the "
@@ -101,22 +109,28 @@ def size_to_budget(out: str, quick: bool, resume: bool, seconds: float, log: Cal
     what = f"all {n_train:,}" if n == n_train else f"{n:,} of the recipe's {n_train:,}"
     log(f"images/s (train / eval): {measured}")
     log(f"memory format {fmt[cl]}; training images: {what}; about {need:.0f} s of training and evaluation")
+    over = ""
     if need > left:
-        log(f"warning: even {n:,} training images need about {need:.0f} s here, more than the {left:.0f} s left")
+        over = f" Even {n:,} training images need about {need:.0f} s here, more than the {left:.0f} s left."
+        log("warning:" + over)
     layout = f"{fmt[cl]} memory format, the faster here, and " if len(layouts) > 1 else ""
     sentence = (f"Chosen from images/s measured on this machine before training (train / eval, {measured}): "
-                f"{layout}{what} training images, so that the whole demo takes about {seconds:.0f} s. "
-                "`cbam demo --train-subset N` fixes the size; `--budget 0` runs the full recipe.")
+                f"{layout}{what} training images, so that the whole demo ends within about {seconds:.0f} s."
+                f"{over} `cbam demo --train-subset N` fixes the size; `--budget 0` runs the full recipe.")
     return {"train_subset": n, "channels_last": cl}, sentence
 
 
 def _choices_in(out: str) -> Optional[Dict[str, Any]]:
-    """The training subset and memory format of the first variant run already started in ``out``;
-    None when there is none."""
+    """The training subset and memory format of the variant runs already started in ``out`` (None
+    when there is none); runs made with different ones (an interrupted --fresh) are refused."""
+    seen = {}
     for name, _ in VARIANTS:
         path = os.path.join(out, name, "config.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 c = json.load(f)
-            return {"train_subset": c.get("train_subset"), "channels_last": c.get("channels_last", True)}
-    return None
+            seen[name] = {"train_subset": c.get("train_subset"), "channels_last": c.get("channels_last", True)}
+    if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
+        detail = "; ".join(f"{k}: {v}" for k, v in seen.items())
+        raise ValueError(f"the demo runs in {out} were made with different settings ({detail}); rerun with --fresh")
+    return next(iter(seen.values()), None)
