@@ -147,6 +147,32 @@ def test_kernel_sets_agree():
                                TK.input_grad(g, mc, ms, a, b, idx_s, vs, idx_c, vc))
 
 
+@pytest.mark.parametrize("c", [1, 3, 8, 37])
+@pytest.mark.parametrize("hw", [(3, 5), (4, 6), (7, 7), (1, 17), (5, 13), (14, 14)])
+def test_pixel_maxima_ties_route_to_the_first_channel(c, hw):
+    """The per-pixel pooling over channels (vector blocks of 16 and 8 pixels plus a scalar tail, and
+    four channels per step plus a remainder) on integer-valued input with a unit gate, so a pixel's
+    maximum sits in several channels: the first channel wins, as ``max(dim)``; the maxima do not depend
+    on whether the routes are kept (the sums may round differently)."""
+    from cbam.ops import _cpu
+    K = _cpu.load()
+    if K is None:
+        pytest.skip(f"C++ kernels not built here: {_cpu.error()}")
+    torch.manual_seed(c * 1000 + hw[0] * 100 + hw[1])
+    x = torch.randint(-3, 4, (3, c, *hw)).float()
+    x[0, :, 0, 0] = -7.0  # a pixel where every channel ties
+    mc = torch.ones(3, c)
+    mc[2] = torch.rand(c) + 0.5  # and a sample with a real gate
+    avg, mx, idx = K.spatial_pool(x, mc, True)
+    want_avg, want_max, want_idx = TK.spatial_pool(x, mc)
+    torch.testing.assert_close(avg, want_avg)
+    torch.testing.assert_close(mx, want_max, rtol=0, atol=0)
+    assert torch.equal(idx, want_idx)
+    avg2, mx2, _ = K.spatial_pool(x, mc, False)
+    torch.testing.assert_close(avg2, avg)
+    assert torch.equal(mx2, mx)
+
+
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (4, 4), (1, 17), (7, 7), (8, 8), (5, 13), (14, 14)])
 def test_tied_maxima_route_to_the_first(hw):
     """Integer-valued float32 input: most rows have their maximum several times, in several SIMD lanes.

@@ -181,16 +181,25 @@ struct NHWC {
   }
 
   // Per pixel: the C-long row of x * mc reduced to mean, max and first argmax (row_pool). Short rows
-  // (C < kWideRow) would pay a few horizontal reductions per pixel for a handful of channels: there a
-  // block of pixels is transposed into w.t (C rows of `len` pixels; 16x16 register tiles where C is a
-  // multiple of 16, nhwc_simd.h) and reduced down the channels as
-  // NCHW does (spatial_block), with the same strict-> tie rule.
+  // would pay a few horizontal reductions per pixel for a handful of channels: there a block of
+  // pixels is transposed into w.t (C rows of `len` pixels; register tiles where C is a multiple of 16,
+  // nhwc_simd.h) and reduced down the channels as NCHW does (spatial_block), with the same strict->
+  // tie rule. "Short" is C < kWideRow for element-wise transposes, and C < kTiledWideRow (per ISA)
+  // for register tiles.
   static constexpr int64_t kWideRow = 64;
+
+  template <typename T, typename A>
+  static bool short_rows(int64_t C) {
+    if constexpr (kNhwc16<T, A>) {
+      if (C % 16 == 0) return C < kTiledWideRow;
+    }
+    return C < kWideRow;
+  }
 
   template <typename T, typename A>
   static void pool_pixels(const T* x, int64_t C, int64_t HW, const A* mc, bool need_idx, A* s_avg, A* s_max,
                           int32_t* is, Scratch<A>& w) {
-    if (C < kWideRow) return pool_pixels_short(x, C, HW, mc, need_idx, s_avg, s_max, is, w);
+    if (short_rows<T, A>(C)) return pool_pixels_short(x, C, HW, mc, need_idx, s_avg, s_max, is, w);
     A* t = w.s.data();
     for (int64_t p = 0; p < HW; ++p) {
       const T* row = x + p * C;

@@ -31,6 +31,9 @@ constexpr bool kNhwc16 =
     false;
 #endif
 
+// Channel counts (multiples of 16) below this take the transposed-tile path (layout.h, short_rows).
+constexpr int64_t kTiledWideRow = 64;
+
 #if defined(__AVX512F__)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::BFloat16* p) {  // bf16 is the top half of a float

@@ -160,7 +160,7 @@ inline A dot_row(const T* row, const A* a, int64_t n) {
 // step: s, m and k are loaded and stored once per four rows of x, not once per row (the loop was
 // bound by those L1 stores). Ties keep the lower channel (strict >), as torch.max does.
 template <typename T, typename A>
-inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const A* mc, bool need_idx, A* s, A* m,
+inline void spatial_block_generic(const T* x0, int64_t C, int64_t HW, int64_t len, const A* mc, bool need_idx, A* s, A* m,
                           int32_t* k) {
   for (int64_t i = 0; i < len; ++i) { s[i] = 0; m[i] = -std::numeric_limits<A>::infinity(); k[i] = 0; }
   int64_t c = 0;
@@ -208,6 +208,12 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
       k[i] = gt ? ci : k[i];
     }
   }
+}
+
+template <typename T, typename A>
+inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const A* mc, bool need_idx, A* s, A* m,
+                          int32_t* k) {
+  spatial_block_generic(x0, C, HW, len, mc, need_idx, s, m, k);
 }
 
 // y[c, p] = x[c, p] * mc[c] * ms[p] for one sample (C rows of HW).

@@ -69,7 +69,81 @@ inline float dot_row(const float* row, const float* a, int64_t n) {
   return sum_of(s, kWide);  // all four registers
 }
 
+// spatial_block for 8 * V pixels: the sums, maxima and argmax channels stay in registers over all C
+// channels. gcc's vectorisation of the generic loop loads and stores them per four channels, and
+// turns the conditional max update into a masked store (vmaskmovps), which AMD cores run slowly.
+// The same four-channel compare tree and the same sums as the generic loop, so the results agree.
+template <int V, bool Idx>
+inline void spatial_lanes(const float* x0, int64_t C, int64_t HW, const float* mc, float* s, float* m, int32_t* k) {
+  __m256 S[V], M[V];
+  __m256i K[V];
+  for (int j = 0; j < V; ++j)
+    S[j] = _mm256_setzero_ps(), M[j] = _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+    K[j] = _mm256_setzero_si256();
+  auto pick = [](__m256 a, __m256 b, __m256 gt) { return _mm256_blendv_ps(a, b, gt); };
+  auto pick_i = [](__m256i a, __m256i b, __m256 gt) {
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), gt));
+  };
+  int64_t c = 0;
+  for (; c + 4 <= C; c += 4) {
+    const float* r = x0 + c * HW;
+    const __m256 w0 = _mm256_set1_ps(mc[c]), w1 = _mm256_set1_ps(mc[c + 1]);
+    const __m256 w2 = _mm256_set1_ps(mc[c + 2]), w3 = _mm256_set1_ps(mc[c + 3]);
+    const __m256i c0 = _mm256_set1_epi32(static_cast<int32_t>(c)), c2 = _mm256_set1_epi32(static_cast<int32_t>(c + 2));
+    for (int j = 0; j < V; ++j) {
+      const float* q = r + 8 * j;
+      const __m256 v0 = _mm256_mul_ps(_mm256_loadu_ps(q), w0), v1 = _mm256_mul_ps(_mm256_loadu_ps(q + HW), w1);
+      const __m256 v2 = _mm256_mul_ps(_mm256_loadu_ps(q + 2 * HW), w2);
+      const __m256 v3 = _mm256_mul_ps(_mm256_loadu_ps(q + 3 * HW), w3);
+      S[j] = _mm256_add_ps(S[j], _mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+      if constexpr (!Idx) {  // max_ps(a, b) is a > b ? a : b, the generic loop's select
+        M[j] = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v3, v2), _mm256_max_ps(v1, v0)), M[j]);
+        continue;
+      }
+      const __m256 g01 = _mm256_cmp_ps(v1, v0, _CMP_GT_OQ), g23 = _mm256_cmp_ps(v3, v2, _CMP_GT_OQ);
+      const __m256 a = pick(v0, v1, g01), b = pick(v2, v3, g23);
+      const __m256 gab = _mm256_cmp_ps(b, a, _CMP_GT_OQ);
+      const __m256 v = pick(a, b, gab);
+      const __m256 gt = _mm256_cmp_ps(v, M[j], _CMP_GT_OQ);  // false for NaN: the max stays
+      M[j] = pick(M[j], v, gt);
+      // a true compare is -1 as an integer: c + 1 where v1 won, c + 3 where v3 won
+      const __m256i ka = _mm256_sub_epi32(c0, _mm256_castps_si256(g01));
+      const __m256i kb = _mm256_sub_epi32(c2, _mm256_castps_si256(g23));
+      K[j] = pick_i(K[j], pick_i(ka, kb, gab), gt);
+    }
+  }
+  for (; c < C; ++c) {
+    const __m256 w = _mm256_set1_ps(mc[c]);
+    const __m256i ci = _mm256_set1_epi32(static_cast<int32_t>(c));
+    for (int j = 0; j < V; ++j) {
+      const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x0 + c * HW + 8 * j), w);
+      S[j] = _mm256_add_ps(S[j], v);
+      const __m256 gt = _mm256_cmp_ps(v, M[j], _CMP_GT_OQ);
+      M[j] = pick(M[j], v, gt);
+      K[j] = pick_i(K[j], ci, gt);
+    }
+  }
+  for (int j = 0; j < V; ++j) {
+    _mm256_storeu_ps(s + 8 * j, S[j]);
+    _mm256_storeu_ps(m + 8 * j, M[j]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(k + 8 * j), K[j]);
+  }
+}
+
 }  // namespace avx2
+
+template <>
+inline void spatial_block<float, float>(const float* x0, int64_t C, int64_t HW, int64_t len, const float* mc,
+                                        bool need_idx, float* s, float* m, int32_t* k) {
+  int64_t i = 0;
+  auto lanes = need_idx ? avx2::spatial_lanes<2, true> : avx2::spatial_lanes<2, false>;
+  for (; i + 16 <= len; i += 16) lanes(x0 + i, C, HW, mc, s + i, m + i, k + i);
+  if (i + 8 <= len) {
+    (need_idx ? avx2::spatial_lanes<1, true> : avx2::spatial_lanes<1, false>)(x0 + i, C, HW, mc, s + i, m + i, k + i);
+    i += 8;
+  }
+  if (i < len) spatial_block_generic(x0 + i, C, HW, len - i, mc, need_idx, s + i, m + i, k + i);
+}
 
 template <>
 inline void row_sum_max<float, float>(const float* row, int64_t n, float* sum, float* mx) {
