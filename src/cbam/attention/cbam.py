@@ -152,9 +152,7 @@ class CBAM(nn.Module):
         y, mc, ms = ops.fused_cbam_tail_with_gates(x, identity, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight,
                                                    ch.fc2.bias, sp.conv.weight, sp.conv.bias, *bn_args,
                                                    order=sp.pool_order)
-        if not torch.compiler.is_compiling() and y.grad_fn is not None:
-            y.grad_fn.register_prehook(_first_order_only)
-        return y, mc, ms
+        return y, mc, ms  # the op's backward refuses create_graph=True, naming impl="reference"
 
     def _reference(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """:func:`cbam.functional.cbam_with_gates`, with each gate from its submodule (so a
@@ -215,14 +213,6 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks
                 or M._global_backward_pre_hooks)
-
-
-def _first_order_only(grad_outputs: Any) -> None:
-    # the fused op's backward is not differentiable; fail here, naming the fix, rather than at
-    # the second backward with autograd's "no autograd formula"
-    if torch.is_grad_enabled():
-        raise RuntimeError("CBAM's fused path has no double backward (backward with create_graph=True); build the "
-                           "module with impl=\"reference\" for higher-order gradients")
 
 
 class CBAM1d(CBAM):

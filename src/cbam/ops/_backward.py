@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _forward as F
-from ._forward import acc_arg, kernels_for, memory_format
+from ._forward import acc_arg, empty_arg, kernels_for, memory_format
 from ._small import conv_output_grad, mlp_backward, spatial_backward
 
 
@@ -41,24 +41,25 @@ class Saved(NamedTuple):
 
 
 def backward(gy: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved, use_bn: bool, training: bool,
-             eps: float, max_first: bool) -> List[Tensor]:
-    """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity] (empty tensors where an input is absent).
+             eps: float, max_first: bool, fill: bool = True) -> List[Optional[Tensor]]:
+    """-> [dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d identity]; where an input is absent, an empty
+    tensor (``fill``: a custom op returns tensors only) or None.
     ``gmc`` / ``gms`` None: the gates' own gradients are zero."""
     x = s.x
     if torch.is_autocast_enabled(x.device.type):  # a backward called inside autocast: float32 math, as forward
         with torch.autocast(x.device.type, enabled=False):
-            return backward(gy, gmc, gms, s, use_bn, training, eps, max_first)
+            return backward(gy, gmc, gms, s, use_bn, training, eps, max_first, fill)
     g = gy.contiguous(memory_format=memory_format(x))
     K = kernels_for(x)
     # per sample, the MLP's input gradient is three mat-vecs per sample: past ~1 MB of MLP weights
     # (C = 2048) the batched matmuls of the three-pass path win; channels_last has only per-sample kernels
     if F.per_sample(K, x) and (not x.is_contiguous() or 2 * s.w1.numel() * 4 <= 1 << 20):
-        return _backward_samples(K, g, gmc, gms, s, use_bn, training, eps, max_first)
-    return _backward_passes(K, g, gmc, gms, s, use_bn, training, eps, max_first)
+        return _backward_samples(K, g, gmc, gms, s, use_bn, training, eps, max_first, fill)
+    return _backward_passes(K, g, gmc, gms, s, use_bn, training, eps, max_first, fill)
 
 
 def _backward_passes(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved,
-                     use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+                     use_bn: bool, training: bool, eps: float, max_first: bool, fill: bool) -> List[Optional[Tensor]]:
     x, mc, ms = s.x, s.mc, s.ms
     n, c, h, w = x.shape
     hw = h * w
@@ -80,11 +81,11 @@ def _backward_passes(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optio
     d_avg_c, d_max_c, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
     dx = K.input_grad(g, mc, ms.view(n, hw), a, (d_avg_c / hw).contiguous(), s.idx_s, d_max,
                       s.idx_c, d_max_c.contiguous())                 # read g, write dx
-    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id, s, use_bn)
+    return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id, s, use_bn, fill)
 
 
 def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optional[Tensor], s: Saved,
-                      use_bn: bool, training: bool, eps: float, max_first: bool) -> List[Tensor]:
+                      use_bn: bool, training: bool, eps: float, max_first: bool, fill: bool) -> List[Optional[Tensor]]:
     """The input gradient per sample in C++ (g and x read from DRAM once; twice with training-mode BN);
     the weight gradients from the returned gate gradients with small batched ops. Training-mode BN
     couples the samples through its statistics: pass A runs first over all samples, then the rest per
@@ -93,9 +94,9 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     n, c, h, w = x.shape
     acc = mc.dtype
     cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
-    d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731  (saved outputs come back with a grad_fn)
-    ms2, out = d(s.ms).view(n, h * w), (x.new_empty(0) if s.out is None else s.out)
-    none = x.new_empty(0, dtype=acc)  # the C++ kernels read an empty gate gradient as zero
+    d = cast
+    ms2, out = d(s.ms).view(n, h * w), (empty_arg(x) if s.out is None else s.out)
+    none = empty_arg(x, acc)  # the C++ kernels read an empty gate gradient as zero
     gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
     weights = (cast(s.w1), cast(s.b1), cast(s.w2), cast(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
@@ -109,7 +110,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     else:
         scale = float((s.bvar.double() + eps).rsqrt() * s.bn_w.double()) if use_bn else 1.0
         dx, d_id, dmc, dms, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, gmc, gms2, *weights, scale,
-                                                     max_first, x.new_empty(0, dtype=acc))
+                                                     max_first, none)
         # the conv's gradients were formed in C++; the bias and BN ones are elementwise on (N, 1, H, W)
         dbc = dbn_w = dbn_b = None
         if use_bn or s.bc is not None:
@@ -118,7 +119,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
                                                        need_weight=False)
     _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b,
-                      None if s.out is None else d_id, s, use_bn)
+                      None if s.out is None else d_id, s, use_bn, fill)
 
 
 def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
@@ -129,7 +130,7 @@ def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
         return mlp_backward(dmc, s.mc, s.p_avg, s.p_max, s.w1, s.b1, s.w2, s.pre)
     acc = s.mc.dtype
     cast = lambda t: acc_arg(t, s.mc, acc)  # noqa: E731
-    d = lambda t: t.detach().to(acc).contiguous()  # noqa: E731
+    d = cast
     d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(s.mc), d(s.p_avg), d(s.p_max), cast(s.w1),
                                                       cast(s.b1), cast(s.w2), d(s.pre))
     return d_avg, d_max, dw1, dw2, (None if s.b1 is None else db1), db2
@@ -137,10 +138,10 @@ def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
 
 def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2: Tensor, dwc: Tensor,
                dbc: Optional[Tensor], dbn_w: Optional[Tensor], dbn_b: Optional[Tensor], d_id: Optional[Tensor],
-               s: Saved, use_bn: bool) -> List[Tensor]:
-    e = lambda: s.wc.new_empty(0)  # noqa: E731  (a fresh one each: op outputs may not alias)
+               s: Saved, use_bn: bool, fill: bool) -> List[Optional[Tensor]]:
+    e = (lambda: s.wc.new_empty(0)) if fill else (lambda: None)  # noqa: E731  (fresh: outputs may not alias)
     cast = lambda t, ref: e() if ref is None else t.to(ref.dtype)  # noqa: E731
     bn = use_bn and s.bn_w is not None
     return [dx, dw1.to(s.w1.dtype), cast(db1, s.b1), dw2.to(s.w2.dtype), cast(db2, s.b2), dwc.to(s.wc.dtype),
             cast(dbc, s.bc), cast(dbn_w, s.bn_w) if bn else e(), cast(dbn_b, s.bn_w) if bn else e(),
-            s.x.new_empty(0) if d_id is None else d_id]
+            d_id if d_id is not None or not fill else s.x.new_empty(0)]

@@ -8,7 +8,7 @@ are tracked. With an ``identity`` the last pass also forms the residual block's 
 """
 import math
 from types import ModuleType
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -72,7 +72,7 @@ def per_sample(K: ModuleType, x: Tensor) -> bool:
     if not x.is_contiguous():
         return True
     n, threads = x.shape[0], torch.get_num_threads()
-    sample_bytes = x[0].numel() * x.element_size()
+    sample_bytes = x.numel() // n * x.element_size()
     return (n % threads == 0 or n >= 4 * threads) and n >= threads and \
         sample_bytes * threads <= _llc_bytes(threads) // 2
 
@@ -91,9 +91,28 @@ def mlp_group(x: Tensor, w1: Tensor) -> int:
     return g if g >= 8 else 1
 
 
+_EMPTY: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def empty_arg(x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """An empty tensor on ``x``'s device, for a kernel argument that is absent (the C++ kernels read
+    it as "none"). Shared: kernels never write their inputs, and a fresh one per argument cost a few
+    microseconds each, several per call of a small layer."""
+    key = (x.device, x.dtype if dtype is None else dtype)
+    t = _EMPTY.get(key)
+    if t is None:
+        with torch.inference_mode(False):  # usable whatever mode the first call ran in
+            t = _EMPTY[key] = torch.empty(0, dtype=key[1], device=key[0])
+    return t
+
+
 def acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:
-    """A weight as the C++ kernels take it: contiguous, in the accumulation dtype; None -> empty."""
-    return x.new_empty(0, dtype=acc) if t is None else t.detach().to(acc).contiguous()
+    """A weight as the C++ kernels take it: contiguous, in the accumulation dtype; None -> empty.
+    The tensor itself where it already is (the kernels only read it, and run under no-grad: no
+    detach needed; each conversion call costs microseconds, which add up on small layers)."""
+    if t is None:
+        return empty_arg(x, acc)
+    return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
 
 
 def no_idx(x: Tensor) -> Tensor:
@@ -143,7 +162,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     if use_bn and not training:  # one channel: fold in Python floats (double), no tensor ops per call
         inv = float(bn_w) / math.sqrt(float(rv) + eps)
         scale, shift = inv, float(bn_b) - float(rm) * inv
-    ident = x.new_empty(0) if identity is None else identity
+    ident = empty_arg(x) if identity is None else identity
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
         0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, mlp_group(x, w1), ident)

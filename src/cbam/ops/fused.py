@@ -92,16 +92,29 @@ def _setup(ctx, inputs, output):
     ctx.need_idx = need_idx
 
 
+def _no_double_backward() -> None:
+    # the backward is not itself differentiable: fail here, naming the fix, rather than at the second
+    # backward with autograd's "no autograd formula"
+    if torch.is_grad_enabled():
+        raise RuntimeError("the fused CBAM op has no double backward (backward with create_graph=True); use "
+                           "impl=\"reference\" (modules) or cbam.functional for higher-order gradients")
+
+
 def _backward(ctx, *grads):
     if len(grads) == 1 and isinstance(grads[0], (list, tuple)):  # a List[Tensor] output gets one list
         grads = tuple(grads[0])
-    gy, gmc, gms = grads[:3]
     if not ctx.need_idx:
         raise RuntimeError("cbam::fused_cbam_fwd ran with need_idx=False (no argmax routes kept), so it has no "
                            "backward; call it with need_idx=True when gradients are needed")
-    saved = ctx.saved_tensors
+    return _input_grads(ctx.saved_tensors, ctx.flags, *grads[:3])
+
+
+def _input_grads(saved: Tuple[Tensor, ...], flags: Tuple, gy: Optional[Tensor], gmc: Optional[Tensor],
+                 gms: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The op's 17 inputs' gradients from the forward's saved tensors (in ``B.Saved`` order)."""
+    _no_double_backward()
     x, out, mc, ms = saved[:4]
-    use_bn, training, eps, max_first = ctx.flags
+    use_bn, training, eps, max_first = flags
     gy = torch.zeros_like(x) if gy is None else gy
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         gmc = torch.zeros_like(mc) if gmc is None else gmc
@@ -109,7 +122,7 @@ def _backward(ctx, *grads):
         grads_in = _bwd(gy, gmc, gms, *saved, use_bn, training, eps, max_first)
     else:  # eager: the implementation itself, without the dispatcher's round trip (as the eager forward);
         # the gates' gradients stay None when the gates themselves were not used (the usual case)
-        grads_in = B.backward(gy, gmc, gms, B.Saved(*saved), use_bn, training, eps, max_first)
+        grads_in = B.backward(gy, gmc, gms, B.Saved(*saved), use_bn, training, eps, max_first, fill=False)
     dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b, d_id = grads_in
     b1, b2, bc, bn_w = saved[13], saved[15], saved[17], saved[18]
     none_if = lambda t, ref: None if ref is None else t  # noqa: E731
@@ -123,19 +136,26 @@ _fwd.register_autograd(_backward, setup_context=_setup)
 
 class _EagerFused(torch.autograd.Function):
     """The registered op's forward and backward as a plain autograd.Function, for eager training:
-    the custom op's autograd wrapper costs more than a small layer's kernels."""
+    the custom op's autograd wrapper costs more than a small layer's kernels. Its outputs are only
+    ``(y, mc, ms, bn mean, bn var)``: the pooled descriptors and argmax routes are saved, not returned
+    (each output of a Function costs autograd bookkeeping per call)."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        out = F.forward(kernels_for(inputs[0]), *inputs)
-        _setup(ctx, inputs, out)
+        x, w1, b1, w2, b2, wc, bc, bn_w, _, _, _, use_bn, training, eps, max_first, _, identity = inputs
+        y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre = F.forward(kernels_for(x), *inputs)
+        # everything through save_for_backward, intermediates included (saved-tensor hooks see them all;
+        # the op has no double backward anyway)
+        ctx.save_for_backward(x, y if identity is not None else None, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean,
+                              bvar, pre, w1, b1, w2, b2, wc, bc, bn_w)
+        ctx.flags = (use_bn, training, eps, max_first)
         ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None, not zero tensors
-        ctx.mark_non_differentiable(out[5], out[7])  # the argmax routes
-        return tuple(out)
+        ctx.mark_non_differentiable(bmean, bvar)
+        return y, mc, ms, bmean, bvar
 
     @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
+    def backward(ctx, gy, gmc, gms, _gmean, _gvar):
+        return _input_grads(ctx.saved_tensors, ctx.flags, gy, gmc, gms)
 
 
 def fused_available(x: Tensor, require: bool = False) -> bool:
@@ -193,11 +213,10 @@ def fused_cbam_tail_with_gates(
     # times the kernels of a small layer (inference records no autograd node at all). Compilers,
     # exporters and dispatch modes (FLOP counting, fake tensors) still see the registered op.
     eager = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and _get_current_dispatch_mode() is None
-    if eager:
-        outs = _EagerFused.apply(*args) if need_idx else F.forward(kernels_for(x), *args)
+    if eager and need_idx:
+        y, mc, ms, bmean, bvar = _EagerFused.apply(*args)
     else:
-        outs = _fwd(*args)
-    y, mc, ms, *_, bmean, bvar, _ = outs
+        y, mc, ms, *_, bmean, bvar, _ = F.forward(kernels_for(x), *args) if eager else _fwd(*args)
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
         _update_running_stats(bmean, bvar, n * h * w, bn_running_mean, bn_running_var, bn_momentum,
                               num_batches_tracked)
