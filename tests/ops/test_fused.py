@@ -124,6 +124,20 @@ def test_same_signature_as_reference():
         fused_cbam(x, ch.fc1.weight, None, ch.fc2.weight, None, sp.conv.weight, arrangement="parallel")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_batch_like_reference(channels_last):
+    """N = 0 gives an empty output and gradient, as cbam.functional does, not an error."""
+    m = cbam.CBAM(16)
+    ch, sp = m.channel, m.spatial
+    x = torch.randn(0, 16, 5, 5)
+    x = (x.to(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    args = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight)
+    y = fused_cbam(x, *args)
+    assert y.shape == Fn.cbam(x, *args).shape and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_kernel_sets_agree():
     """C++ kernels (when built) against the torch kernels on every pass."""
     from cbam.ops import _cpu

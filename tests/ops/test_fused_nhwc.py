@@ -48,6 +48,25 @@ def test_channels_last_multiples_of_16(c, dtype, tail):
         torch.testing.assert_close(a, b.float(), **TOL[dtype])
 
 
+@pytest.mark.parametrize("c", [256, 1024, 1040])
+@pytest.mark.parametrize("tail", [False, True])
+def test_channels_last_wide(c, tail):
+    """Up to 1024 channels the AVX2 build transposes tiles for the per-pixel pooling (in blocks of 16
+    pixels from 256 channels on), and 1040 reduces each pixel row. float32 against float64 with a
+    tolerance for sums over a thousand channels; bf16's near-ties over that many channels would send
+    a few max-pool routes elsewhere than float64's, so the narrow dtypes are checked above."""
+    ref, fus = _pair(c)
+    torch.manual_seed(c + 1)
+    x = torch.randn(4, c, 7, 9).to(memory_format=torch.channels_last)
+    g = torch.randn(4, c, 7, 9)
+    idn = torch.randn_like(x) if tail else None
+    assert fus.uses_fused(x)
+    want = _run(ref.double(), x.double(), g.double(), None if idn is None else idn.double())
+    got = _run(fus, x, g, idn)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("c", [16, 64])
 def test_channels_last_ties_route_to_the_first(c):
     """Integer-valued input: channel and pixel maxima tie often; the gradient routes through the

@@ -93,12 +93,11 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     x, mc = s.x, s.mc
     n, c, h, w = x.shape
     acc = mc.dtype
-    cast = lambda t: acc_arg(t, x, acc)  # noqa: E731
-    d = cast
+    d = lambda t: acc_arg(t, x, acc)  # noqa: E731
     ms2, out = d(s.ms).view(n, h * w), (empty_arg(x) if s.out is None else s.out)
     none = empty_arg(x, acc)  # the C++ kernels read an empty gate gradient as zero
     gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
-    weights = (cast(s.w1), cast(s.b1), cast(s.w2), cast(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
+    weights = (d(s.w1), d(s.b1), d(s.w2), d(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
     if use_bn and training:
         dmc, dms = K.backward_reduce_samples(g, out, x, d(mc), ms2, gmc, gms2)
@@ -129,17 +128,17 @@ def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
     if not hasattr(K, "mlp_backward"):
         return mlp_backward(dmc, s.mc, s.p_avg, s.p_max, s.w1, s.b1, s.w2, s.pre)
     acc = s.mc.dtype
-    cast = lambda t: acc_arg(t, s.mc, acc)  # noqa: E731
-    d = cast
-    d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(s.mc), d(s.p_avg), d(s.p_max), cast(s.w1),
-                                                      cast(s.b1), cast(s.w2), d(s.pre))
+    d = lambda t: acc_arg(t, s.mc, acc)  # noqa: E731
+    d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(s.mc), d(s.p_avg), d(s.p_max), d(s.w1), d(s.b1),
+                                                      d(s.w2), d(s.pre))
     return d_avg, d_max, dw1, dw2, (None if s.b1 is None else db1), db2
 
 
 def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2: Tensor, dwc: Tensor,
                dbc: Optional[Tensor], dbn_w: Optional[Tensor], dbn_b: Optional[Tensor], d_id: Optional[Tensor],
                s: Saved, use_bn: bool, fill: bool) -> List[Optional[Tensor]]:
-    e = (lambda: s.wc.new_empty(0)) if fill else (lambda: None)  # noqa: E731  (fresh: outputs may not alias)
+    # fill: a fresh empty each, as a custom op's outputs may not alias
+    e = (lambda: s.wc.new_empty(0)) if fill else (lambda: None)  # noqa: E731
     cast = lambda t, ref: e() if ref is None else t.to(ref.dtype)  # noqa: E731
     bn = use_bn and s.bn_w is not None
     return [dx, dw1.to(s.w1.dtype), cast(db1, s.b1), dw2.to(s.w2.dtype), cast(db2, s.b2), dwc.to(s.wc.dtype),

@@ -72,7 +72,7 @@ def per_sample(K: ModuleType, x: Tensor) -> bool:
     if not x.is_contiguous():
         return True
     n, threads = x.shape[0], torch.get_num_threads()
-    sample_bytes = x.numel() // n * x.element_size()
+    sample_bytes = x.numel() // max(n, 1) * x.element_size()
     return (n % threads == 0 or n >= 4 * threads) and n >= threads and \
         sample_bytes * threads <= _llc_bytes(threads) // 2
 

@@ -184,14 +184,14 @@ struct NHWC {
   // would pay a few horizontal reductions per pixel for a handful of channels: there a block of
   // pixels is transposed into w.t (C rows of `len` pixels; register tiles where C is a multiple of 16,
   // nhwc_simd.h) and reduced down the channels as NCHW does (spatial_block), with the same strict->
-  // tie rule. "Short" is C < kWideRow for element-wise transposes, and C < kTiledWideRow (per ISA)
-  // for register tiles.
+  // tie rule. "Short" is C < kWideRow for element-wise transposes, and C <= kTiledMaxChannels (per
+  // ISA) for register tiles.
   static constexpr int64_t kWideRow = 64;
 
   template <typename T, typename A>
   static bool short_rows(int64_t C) {
     if constexpr (kNhwc16<T, A>) {
-      if (C % 16 == 0) return C < kTiledWideRow;
+      if (C % 16 == 0) return C <= kTiledMaxChannels;
     }
     return C < kWideRow;
   }

@@ -20,11 +20,11 @@ template <typename T, typename A>
 constexpr bool kNhwc16 = std::is_same_v<A, float> &&
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
 
-// Channel counts (multiples of 16) below this take the transposed-tile path for the per-pixel
+// Channel counts (multiples of 16) up to this take the transposed-tile path for the per-pixel
 // reductions (layout.h, short_rows): with spatial_block's register accumulators (pool_avx2.h) it beat
 // a horizontal reduction per pixel for 64 to 1024 channels on an AVX2 EPYC (in-process A/B,
 // grad-mode forward 0.68-0.95x), and tied at 2048.
-constexpr int64_t kTiledWideRow = 2048;
+constexpr int64_t kTiledMaxChannels = 1024;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the top half of a float

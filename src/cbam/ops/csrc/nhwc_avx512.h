@@ -31,8 +31,8 @@ constexpr bool kNhwc16 =
     false;
 #endif
 
-// Channel counts (multiples of 16) below this take the transposed-tile path (layout.h, short_rows).
-constexpr int64_t kTiledWideRow = 64;
+// Channel counts (multiples of 16) up to this take the transposed-tile path (layout.h, short_rows).
+constexpr int64_t kTiledMaxChannels = 48;
 
 #if defined(__AVX512F__)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }

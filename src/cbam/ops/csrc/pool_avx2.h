@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "avx2_common.h"
 
@@ -135,13 +136,14 @@ inline void spatial_lanes(const float* x0, int64_t C, int64_t HW, const float* m
 template <>
 inline void spatial_block<float, float>(const float* x0, int64_t C, int64_t HW, int64_t len, const float* mc,
                                         bool need_idx, float* s, float* m, int32_t* k) {
-  int64_t i = 0;
-  auto lanes = need_idx ? avx2::spatial_lanes<2, true> : avx2::spatial_lanes<2, false>;
-  for (; i + 16 <= len; i += 16) lanes(x0 + i, C, HW, mc, s + i, m + i, k + i);
-  if (i + 8 <= len) {
-    (need_idx ? avx2::spatial_lanes<1, true> : avx2::spatial_lanes<1, false>)(x0 + i, C, HW, mc, s + i, m + i, k + i);
-    i += 8;
-  }
+  auto blocks = [&](auto idx) {  // 16 pixels at a time, then 8; the rest (< 8) in the generic loop
+    constexpr bool Idx = decltype(idx)::value;
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) avx2::spatial_lanes<2, Idx>(x0 + i, C, HW, mc, s + i, m + i, k + i);
+    if (i + 8 <= len) avx2::spatial_lanes<1, Idx>(x0 + i, C, HW, mc, s + i, m + i, k + i), i += 8;
+    return i;
+  };
+  const int64_t i = need_idx ? blocks(std::true_type{}) : blocks(std::false_type{});
   if (i < len) spatial_block_generic(x0 + i, C, HW, len - i, mc, need_idx, s + i, m + i, k + i);
 }
 
