@@ -142,13 +142,11 @@ class _EagerFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        x, w1, b1, w2, b2, wc, bc, bn_w, _, _, _, use_bn, training, eps, max_first, _, identity = inputs
-        y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre = F.forward(kernels_for(x), *inputs)
-        # everything through save_for_backward, intermediates included (saved-tensor hooks see them all;
-        # the op has no double backward anyway)
-        ctx.save_for_backward(x, y if identity is not None else None, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean,
-                              bvar, pre, w1, b1, w2, b2, wc, bc, bn_w)
-        ctx.flags = (use_bn, training, eps, max_first)
+        outs = F.forward(kernels_for(inputs[0]), *inputs)
+        # the custom op's bookkeeping: everything through save_for_backward, intermediates included
+        # (saved-tensor hooks see them all; the op has no double backward anyway)
+        _setup(ctx, inputs, outs)
+        y, mc, ms, *_, bmean, bvar, _ = outs
         ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None, not zero tensors
         ctx.mark_non_differentiable(bmean, bvar)
         return y, mc, ms, bmean, bvar
