@@ -77,6 +77,10 @@ struct NCHW {
       const T* xr = x + c * HW;
       const T* ir = id ? id + c * HW : nullptr;
       T* yr = y + c * HW;
+      if constexpr (kVecElementwise<T, A>) {
+        apply_plane(xr, HW, w, ms, ir, yr);
+        continue;
+      }
       _Pragma("omp simd")
       for (int64_t p = 0; p < HW; ++p) yr[p] = gated(xr[p], w, ms[p], ir, p);
     }
@@ -135,6 +139,10 @@ struct NCHW {
     for (int64_t c = 0; c < C; ++c) {
       const A w = mc[c], b = off[c];
       const int64_t r = c * HW;
+      if constexpr (kVecElementwise<T, A>) {
+        input_grad_plane(g + r, Tail ? o + r : nullptr, HW, w, ms, a, b, dx + r, did ? did + r : nullptr);
+        continue;
+      }
       _Pragma("omp simd")
       for (int64_t p = 0; p < HW; ++p) {
         const A gv = grad_at<Tail, T, A>(g, o, r + p);
@@ -234,6 +242,9 @@ struct NHWC {
 
   template <typename T, typename A>
   static void apply(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, const T* id, T* y) {
+    if constexpr (kVecElementwise<T, A>) {
+      if (C % 8 == 0) return apply_rows(x, C, HW, mc, ms, id, y);
+    }
     for (int64_t p = 0; p < HW; ++p) {
       const A s = ms[p];
       const int64_t r = p * C;
@@ -293,6 +304,9 @@ struct NHWC {
   template <bool Tail, typename T, typename A>
   static void input_grad_t(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
                          const A* off, T* dx, T* did) {
+    if constexpr (kVecElementwise<T, A>) {
+      if (C % 8 == 0) return input_grad_rows(g, Tail ? o : nullptr, C, HW, mc, ms, a, off, dx, did);
+    }
     for (int64_t p = 0; p < HW; ++p) {
       const A s = ms[p], ap = a[p];
       const int64_t r = p * C;

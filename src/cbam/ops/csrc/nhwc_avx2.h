@@ -16,6 +16,8 @@
 namespace cbam_cpu {
 namespace sample {
 
+using avx2::load8;
+
 template <typename T, typename A>
 constexpr bool kNhwc16 = std::is_same_v<A, float> &&
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
@@ -25,13 +27,6 @@ constexpr bool kNhwc16 = std::is_same_v<A, float> &&
 // a horizontal reduction per pixel for 64 to 1024 channels on an AVX2 EPYC (in-process A/B,
 // grad-mode forward 0.68-0.95x), and tied at 2048.
 constexpr int64_t kTiledMaxChannels = 1024;
-
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the top half of a float
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
 // r[i][j] <- r[j][i] for an 8 x 8 tile: 32-bit interleaves, 64-bit shuffles, then 128-bit lane swaps.
 inline void transpose8(__m256* r) {

@@ -1,8 +1,10 @@
-// The channels_last register blocks for this build's ISA: AVX-512 (nhwc_avx512.h), AVX2 + FMA + F16C
-// (nhwc_avx2.h), or neither (nhwc_avx512.h's stubs: kNhwc16 is false and the generic loops run).
+// The register blocks for this build's ISA: AVX-512 (nhwc_avx512.h), AVX2 + FMA + F16C (nhwc_avx2.h
+// and the element-wise passes of elementwise_avx2.h), or neither (nhwc_avx512.h's stubs: kNhwc16 and
+// kVecElementwise are false and the generic loops run).
 #pragma once
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include "nhwc_avx2.h"
+#include "elementwise_avx2.h"
 #else
 #include "nhwc_avx512.h"
 #endif
