@@ -65,6 +65,6 @@ def test_narrow_outputs_are_the_float32_results_rounded(layout, dtype, c, h, w):
         d = _ulps(got[k], want)[~off]
         # the float32 sums of the two builds may differ in the last bit (reduction order), which moves
         # a rare rounding by one place
-        assert d.max() <= 1 and (d == 0).float().mean() >= 0.999, (k, int(d.max()), float((d == 0).float().mean()))
+        assert d.max() <= 1 and (d == 0).float().mean() >= 0.995, (k, int(d.max()), float((d == 0).float().mean()))
         scale = want32[k].abs().max()
         torch.testing.assert_close(got[k][off].float(), want32[k][off], rtol=0, atol=float(scale) * 2.0 ** -7)

@@ -139,7 +139,7 @@ std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, con
           A dot = 0;
           _Pragma("omp simd reduction(+:dot)")
           for (int64_t i = 0; i < len; ++i) {
-            A v = static_cast<A>(gr[i]) * static_cast<A>(xr[i]);
+            A v = widen<A>(gr[i]) * widen<A>(xr[i]);
             acc[i] += v * w;
             dot += v * s[i];
           }
@@ -168,7 +168,7 @@ at::Tensor row_dot(const at::Tensor& x, const at::Tensor& a) {
         const A* ar = ap + (r / C) * HW;
         A s = 0;
         _Pragma("omp simd reduction(+:s)")
-        for (int64_t i = 0; i < HW; ++i) s += static_cast<A>(xr[i]) * ar[i];
+        for (int64_t i = 0; i < HW; ++i) s += widen<A>(xr[i]) * ar[i];
         op[r] = s;
       }
     });
@@ -200,9 +200,9 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
         scalar_t* dr = dp + r * HW;
         _Pragma("omp simd")
         for (int64_t i = 0; i < HW; ++i)
-          dr[i] = static_cast<scalar_t>(static_cast<A>(gr[i]) * w * s[i] + w * av[i] + off);
+          dr[i] = static_cast<scalar_t>(widen<A>(gr[i]) * w * s[i] + w * av[i] + off);
         const int64_t k = icp[r];
-        dr[k] = static_cast<scalar_t>(static_cast<A>(dr[k]) + vcp[r]);
+        dr[k] = static_cast<scalar_t>(widen<A>(dr[k]) + vcp[r]);
       }
     });
     at::parallel_for(0, N * HW, 1024, [&](int64_t b, int64_t e) {

@@ -23,16 +23,16 @@ namespace sample {
 // flag, not a null test per element: gcc does not vectorise a reduction loop with a conditional load.
 template <bool Tail, typename T, typename A>
 inline A grad_at(const T* g, const T* o, int64_t i) {
-  const A v = static_cast<A>(g[i]);
-  if constexpr (Tail) return static_cast<A>(o[i]) > A(0) ? v : A(0);
+  const A v = widen<A>(g[i]);
+  if constexpr (Tail) return widen<A>(o[i]) > A(0) ? v : A(0);
   return v;
 }
 
 // y = x * w * s, or relu(y + id) with the fused block tail.
 template <typename T, typename A>
 inline T gated(T x, A w, A s, const T* id, int64_t i) {
-  const A v = static_cast<A>(x) * w * s;
-  return to_storage<T>(id == nullptr ? v : std::max(v + static_cast<A>(id[i]), A(0)));
+  const A v = widen<A>(x) * w * s;
+  return to_storage<T>(id == nullptr ? v : std::max(v + widen<A>(id[i]), A(0)));
 }
 
 template <typename A>
@@ -107,7 +107,7 @@ struct NCHW {
         A dot = 0;
         _Pragma("omp simd reduction(+:dot)")
         for (int64_t i = 0; i < len; ++i) {
-          const A v = grad_at<Tail, T, A>(g, o, r + i) * static_cast<A>(x[r + i]);
+          const A v = grad_at<Tail, T, A>(g, o, r + i) * widen<A>(x[r + i]);
           acc[i] += v * wc;
           dot += v * ms[p0 + i];
         }
@@ -170,7 +170,7 @@ struct NHWC {
         const int32_t pi = static_cast<int32_t>(p);
         _Pragma("omp simd")
         for (int64_t c = 0; c < C; ++c) {
-          const A v = static_cast<A>(row[c]);
+          const A v = widen<A>(row[c]);
           avg[c] += v;
           const bool gt = v > mx[c];  // strict: the first maximum keeps the route
           mx[c] = gt ? v : mx[c];
@@ -179,7 +179,7 @@ struct NHWC {
       } else {
         _Pragma("omp simd")
         for (int64_t c = 0; c < C; ++c) {
-          const A v = static_cast<A>(row[c]);
+          const A v = widen<A>(row[c]);
           avg[c] += v;
           mx[c] = v > mx[c] ? v : mx[c];
         }
@@ -212,7 +212,7 @@ struct NHWC {
     for (int64_t p = 0; p < HW; ++p) {
       const T* row = x + p * C;
       _Pragma("omp simd")
-      for (int64_t c = 0; c < C; ++c) t[c] = static_cast<A>(row[c]) * mc[c];
+      for (int64_t c = 0; c < C; ++c) t[c] = widen<A>(row[c]) * mc[c];
       row_pool(t, C, need_idx, s_avg + p, s_max + p, need_idx ? is + p : nullptr);
     }
   }
@@ -234,7 +234,7 @@ struct NHWC {
       }
       for (int64_t i = i0; i < len; ++i) {
         const T* row = x + (p0 + i) * C;
-        for (int64_t c = 0; c < C; ++c) t[c * len + i] = static_cast<A>(row[c]);
+        for (int64_t c = 0; c < C; ++c) t[c * len + i] = widen<A>(row[c]);
       }
       pool_block(t, C, len, len, mc, need_idx, s_avg + p0, s_max + p0, need_idx ? is + p0 : nullptr, w);
     }
@@ -273,7 +273,7 @@ struct NHWC {
       A dot = 0;
       _Pragma("omp simd reduction(+:dot)")
       for (int64_t c = 0; c < C; ++c) {
-        const A v = grad_at<Tail, T, A>(g, o, r + c) * static_cast<A>(x[r + c]);
+        const A v = grad_at<Tail, T, A>(g, o, r + c) * widen<A>(x[r + c]);
         dmc[c] += v * s;
         dot += v * mc[c];
       }
@@ -290,7 +290,7 @@ struct NHWC {
       const A ap = a[p];
       const T* row = x + p * C;
       _Pragma("omp simd")
-      for (int64_t c = 0; c < C; ++c) dmc[c] += static_cast<A>(row[c]) * ap;
+      for (int64_t c = 0; c < C; ++c) dmc[c] += widen<A>(row[c]) * ap;
     }
   }
 

@@ -30,6 +30,30 @@ inline c10::BFloat16 to_storage<c10::BFloat16, float>(float v) {
   return c10::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
 }
 
+// A stored value widened to the accumulation type A. float16 goes through c10's portable routine
+// (integer ops, a multiply and a select, exact for every value): c10's own conversion is F16C's scalar
+// instruction where the build has F16C, which keeps gcc from vectorising the loop around it.
+template <typename A, typename T>
+inline A widen(T v) { return static_cast<A>(v); }
+
+template <>
+inline float widen<float, c10::Half>(c10::Half h) {
+  const uint32_t w = static_cast<uint32_t>(h.x) << 16, sign = w & 0x80000000u, two_w = w + w;
+  float normal, subnormal;
+  const uint32_t nb = (two_w >> 4) + (0xE0u << 23), sb = (two_w >> 17) | (126u << 23);
+  std::memcpy(&normal, &nb, sizeof(nb));
+  std::memcpy(&subnormal, &sb, sizeof(sb));
+  normal *= 0x1.0p-112f;  // rebias the exponent; an all-ones exponent stays inf / NaN
+  subnormal -= 0.5f;      // 0.5 + m * 2^-24 - 0.5, exact
+  uint32_t n, d;
+  std::memcpy(&n, &normal, sizeof(n));
+  std::memcpy(&d, &subnormal, sizeof(d));
+  const uint32_t bits = sign | (two_w < (1u << 27) ? d : n);
+  float r;
+  std::memcpy(&r, &bits, sizeof(r));
+  return r;
+}
+
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
@@ -44,7 +68,7 @@ inline int32_t first_equal(const T* row, int64_t n, A m) {
     const T* r = row + i0;
     int32_t pos = len;
     _Pragma("omp simd reduction(min:pos)")
-    for (int32_t l = 0; l < len; ++l) pos = std::min(pos, static_cast<A>(r[l]) == m ? l : len);
+    for (int32_t l = 0; l < len; ++l) pos = std::min(pos, widen<A>(r[l]) == m ? l : len);
     if (pos < len) return static_cast<int32_t>(i0 + pos);
   }
   return 0;  // only for NaN rows, where nothing equals the max
@@ -53,10 +77,10 @@ inline int32_t first_equal(const T* row, int64_t n, A m) {
 // Sum and max of one row of n values.
 template <typename T, typename A>
 inline void row_sum_max(const T* row, int64_t n, A* sum, A* mx) {
-  A s = 0, m = static_cast<A>(row[0]);
+  A s = 0, m = widen<A>(row[0]);
   _Pragma("omp simd reduction(+:s) reduction(max:m)")
   for (int64_t i = 0; i < n; ++i) {
-    const A v = static_cast<A>(row[i]);
+    const A v = widen<A>(row[i]);
     s += v;
     m = v > m ? v : m;
   }
@@ -151,7 +175,7 @@ template <typename T, typename A>
 inline A dot_row(const T* row, const A* a, int64_t n) {
   A s = 0;
   _Pragma("omp simd reduction(+:s)")
-  for (int64_t i = 0; i < n; ++i) s += static_cast<A>(row[i]) * a[i];
+  for (int64_t i = 0; i < n; ++i) s += widen<A>(row[i]) * a[i];
   return s;
 }
 
@@ -171,8 +195,8 @@ inline void spatial_block_generic(const T* x0, int64_t C, int64_t HW, int64_t le
       const int32_t ci = static_cast<int32_t>(c);
       _Pragma("omp simd")
       for (int64_t i = 0; i < len; ++i) {
-        const A v0 = static_cast<A>(r0[i]) * w0, v1 = static_cast<A>(r1[i]) * w1;
-        const A v2 = static_cast<A>(r2[i]) * w2, v3 = static_cast<A>(r3[i]) * w3;
+        const A v0 = widen<A>(r0[i]) * w0, v1 = widen<A>(r1[i]) * w1;
+        const A v2 = widen<A>(r2[i]) * w2, v3 = widen<A>(r3[i]) * w3;
         s[i] += (v0 + v1) + (v2 + v3);
         const bool g01 = v1 > v0, g23 = v3 > v2;
         const A a = g01 ? v1 : v0, b = g23 ? v3 : v2;
@@ -187,8 +211,8 @@ inline void spatial_block_generic(const T* x0, int64_t C, int64_t HW, int64_t le
     } else {
       _Pragma("omp simd")
       for (int64_t i = 0; i < len; ++i) {
-        const A v0 = static_cast<A>(r0[i]) * w0, v1 = static_cast<A>(r1[i]) * w1;
-        const A v2 = static_cast<A>(r2[i]) * w2, v3 = static_cast<A>(r3[i]) * w3;
+        const A v0 = widen<A>(r0[i]) * w0, v1 = widen<A>(r1[i]) * w1;
+        const A v2 = widen<A>(r2[i]) * w2, v3 = widen<A>(r3[i]) * w3;
         s[i] += (v0 + v1) + (v2 + v3);
         const A a = v1 > v0 ? v1 : v0, b = v3 > v2 ? v3 : v2, v = b > a ? b : a;
         m[i] = v > m[i] ? v : m[i];
@@ -201,7 +225,7 @@ inline void spatial_block_generic(const T* x0, int64_t C, int64_t HW, int64_t le
     const int32_t ci = static_cast<int32_t>(c);
     _Pragma("omp simd")
     for (int64_t i = 0; i < len; ++i) {
-      const A v = static_cast<A>(row[i]) * w;
+      const A v = widen<A>(row[i]) * w;
       s[i] += v;
       const bool gt = v > m[i];
       m[i] = gt ? v : m[i];
@@ -224,7 +248,7 @@ inline void apply_sample(const T* x, int64_t C, int64_t HW, const A* mc, const A
     const T* xr = x + c * HW;
     T* yr = y + c * HW;
     _Pragma("omp simd")
-    for (int64_t i = 0; i < HW; ++i) yr[i] = to_storage<T>(static_cast<A>(xr[i]) * w * ms[i]);
+    for (int64_t i = 0; i < HW; ++i) yr[i] = to_storage<T>(widen<A>(xr[i]) * w * ms[i]);
   }
 }
 
