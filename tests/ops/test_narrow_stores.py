@@ -68,3 +68,16 @@ def test_narrow_outputs_are_the_float32_results_rounded(layout, dtype, c, h, w):
         assert d.max() <= 1 and (d == 0).float().mean() >= 0.995, (k, int(d.max()), float((d == 0).float().mean()))
         scale = want32[k].abs().max()
         torch.testing.assert_close(got[k][off].float(), want32[k][off], rtol=0, atol=float(scale) * 2.0 ** -7)
+
+
+def test_every_float16_value_widens_exactly():
+    """All 65,536 float16 bit patterns (subnormals, infinities, NaNs included) through the channel
+    pooling of 1x1 maps, whose max is the widened value itself: equal to torch's conversion."""
+    K = _cpu.load()
+    x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16).reshape(256, 256, 1, 1)
+    w1, w2, wc, none = torch.zeros(1, 256), torch.zeros(256, 1), torch.zeros(2, 3, 3), torch.empty(0)
+    p_max = K.forward_samples(x, w1, none, w2, none, wc, 0.0, 1.0, 0.0, False, False, True, 1, none)[4]
+    want = x.reshape(256, 256).float()
+    nan = want.isnan()
+    assert torch.equal(p_max.isnan(), nan)
+    assert torch.equal(p_max[~nan].view(torch.int32), want[~nan].view(torch.int32))  # bit for bit, signed zeros too
