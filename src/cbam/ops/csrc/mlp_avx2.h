@@ -52,12 +52,23 @@ inline void mlp_gate<float>(const float* avg, const float* mx, int64_t C, int64_
       h[j + r] = std::max(sa[r] + b, 0.0f) + std::max(sm[r] + b, 0.0f);
     }
   }
+  // the pre-activations into mc, then one vectorised sigmoid over them (expf is scalar); hidden widths
+  // below a vector (C / 16 for C < 128) take plain dot products instead of dot4's horizontal sums
   for (int64_t c = 0; c < C; c += 4) {
     const int64_t nr = std::min<int64_t>(4, C - c);
-    for (int64_t r = 0; r < 4; ++r) rows[r] = w2 + (c + std::min(r, nr - 1)) * hid;
-    dot4(rows, h, nullptr, hid, sa, nullptr);
-    for (int64_t r = 0; r < nr; ++r) mc[c + r] = sigmoid(sa[r] + (b2 ? 2 * b2[c + r] : 0.0f));
+    if (hid >= 8) {
+      for (int64_t r = 0; r < 4; ++r) rows[r] = w2 + (c + std::min(r, nr - 1)) * hid;
+      dot4(rows, h, nullptr, hid, sa, nullptr);
+    } else {
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* wr = w2 + (c + r) * hid;
+        sa[r] = 0.0f;
+        for (int64_t j = 0; j < hid; ++j) sa[r] += wr[j] * h[j];
+      }
+    }
+    for (int64_t r = 0; r < nr; ++r) mc[c + r] = sa[r] + (b2 ? 2 * b2[c + r] : 0.0f);
   }
+  sigmoid_affine<float>(mc, C, 1.0f, 0.0f);
 }
 
 }  // namespace sample
