@@ -5,6 +5,7 @@ times ``CBAM.forward_tail(x, identity)`` (the fused ``relu(cbam(x) + identity)``
 block's ``relu(x + identity)`` at ResNet-20's three stage shapes (batch 128), in NCHW and
 channels_last, inference and forward+backward, and prints the ratio of the two measured in the same
 rounds: the per-layer price of the attention in a small network, Python and autograd included.
+A last line times both on a 2x16x4x4 input, where the per-call costs are all there is.
 """
 import argparse
 from typing import Callable, Dict
@@ -61,6 +62,11 @@ def main() -> None:
                 print(f"| {'x'.join(map(str, shape))} | {lay} | {name} | {1e3 * t['fused']:.2f} / "
                       f"{1e3 * t['plain']:.2f} | {t['fused'] / t['plain']:.2f}x | {1e3 * t['fused_fb']:.2f} / "
                       f"{1e3 * t['plain_fb']:.2f} | {t['fused_fb'] / t['plain_fb']:.2f}x |", flush=True)
+    # a tiny input: what a call costs besides its data (Python, autograd, dispatch, thread wake-ups)
+    t = timed_rounds(_calls(cbam.CBAM(16), (2, 16, 4, 4), torch.float32, torch.contiguous_format), 10 * a.reps,
+                     torch.device("cpu"))
+    print(f"\nper call, 2x16x4x4 float32 NCHW: inference {1e3 * t['fused']:.3f} / {1e3 * t['plain']:.3f} ms, "
+          f"fwd+bwd {1e3 * t['fused_fb']:.3f} / {1e3 * t['plain_fb']:.3f} ms (fused / plain)")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,16 @@ import torch
 
 import cbam
 from cbam.ops import _cpu
+from cbam.ops import _forward as FW
 
 pytestmark = pytest.mark.skipif(_cpu.load() is None, reason="C++ kernels not built here")
+
+
+@pytest.fixture(autouse=True)
+def _per_sample_kernels(monkeypatch):
+    """The per-sample kernels (layout.h) whatever the thread count: with more threads than samples an
+    NCHW input would take the batch-wide passes instead."""
+    monkeypatch.setattr(FW, "per_sample", lambda K, x: hasattr(K, "forward_samples"))
 
 
 def _ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -81,3 +89,21 @@ def test_every_float16_value_widens_exactly():
     nan = want.isnan()
     assert torch.equal(p_max.isnan(), nan)
     assert torch.equal(p_max[~nan].view(torch.int32), want[~nan].view(torch.int32))  # bit for bit, signed zeros too
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nan_in_the_identity_stays_nan_and_gets_no_gradient(layout, dtype):
+    """relu(y + identity) keeps a NaN of the identity (as torch.relu does, and the generic loop's
+    std::max), and relu's backward passes no gradient where the output is not > 0."""
+    torch.manual_seed(3)
+    m = cbam.CBAM(16, reduction=4, impl="fused")
+    x, idn, g = (torch.randn(4, 16, 7, 7).to(dtype).contiguous(memory_format=layout) for _ in range(3))
+    idn[0, 3, 2, 5] = idn[1, 8, 6, 0] = idn[3, 15, 0, 0] = float("nan")
+    x.requires_grad_(), idn.requires_grad_()
+    y = m.forward_tail(x, idn)
+    y.backward(g)
+    nan = idn.detach().isnan()
+    assert torch.equal(y.detach().isnan(), nan)
+    assert (idn.grad[nan] == 0).all() and idn.grad.isfinite().all() and x.grad.isfinite().all()
+    torch.testing.assert_close(idn.grad, torch.where(y.detach() > 0, g, torch.zeros_like(g)), rtol=0, atol=0)

@@ -38,7 +38,6 @@ inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the top half of a floa
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
 // 8 floats stored as T: bfloat16 rounded to nearest even (NaN kept NaN) as pool.h's to_storage, half
 // by F16C's round to nearest even, as c10::Half's conversion.
@@ -53,9 +52,13 @@ inline void store8(c10::BFloat16* p, __m256 v) {
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
+
+#if defined(__F16C__)  // the half overloads need F16C, which the other AVX2 kernels do not ask for
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline void store8(c10::Half* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
+#endif
 
 }  // namespace avx2
 }  // namespace cbam_cpu

@@ -1,8 +1,8 @@
 // The element-wise passes of the per-sample kernels in 8-lane vectors, for AVX2 + FMA + F16C builds
 // without AVX-512: y = x * mc * ms (apply, with the optional block tail) and the input gradient, in
 // both layouts. Storage float, bfloat16 and half is converted 8 values at a time (avx2_common.h);
-// gcc's loops convert half one value at a time, and on Zen are 4 lanes wide. Each function computes
-// the generic loop's expression (layout.h) in the same order of operations.
+// gcc's loops store half through c10's one-value conversion, and on Zen are 4 lanes wide. Each
+// function computes the generic loop's expression (layout.h).
 #pragma once
 #include <immintrin.h>
 
