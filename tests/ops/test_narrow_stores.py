@@ -38,21 +38,6 @@ def _outputs(m, x, idn, g, dtype):
     return {"y": y, "y_tail": y_tail.detach(), "dx": x.grad, "d_identity": idn.grad}
 
 
-def _route_mask(m, x):
-    """Where the max-pool routes add to dx: each channel's first maximal pixel and each pixel's first
-    maximal channel of x * M_c (torch.argmax returns the first maximum)."""
-    m.record_maps = True
-    with torch.no_grad():
-        m(x.float())
-    m.record_maps = False
-    n, c, h, w = x.shape
-    mask = torch.zeros(n, c, h * w, dtype=torch.bool)
-    xf = x.float().reshape(n, c, h * w)
-    mask.scatter_(2, xf.argmax(2, keepdim=True), True)
-    mask.scatter_(1, (xf * m.last_channel_map.reshape(n, c, 1)).argmax(1, keepdim=True), True)
-    return mask.reshape(n, c, h, w)
-
-
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("c,h,w", [(16, 7, 7), (24, 9, 9), (20, 5, 5)])
@@ -64,18 +49,12 @@ def test_narrow_outputs_are_the_float32_results_rounded(layout, dtype, c, h, w):
     x, idn, g = (torch.randn(4, c, h, w).to(dtype).contiguous(memory_format=layout) for _ in range(3))
     got = _outputs(m, x, idn, g, dtype)
     want32 = _outputs(m, x, idn, g, torch.float32)
-    routes = _route_mask(m, x)
     for k in got:
         assert got[k].dtype == dtype and got[k].is_contiguous(memory_format=layout), k
-        want = want32[k].to(dtype)
-        # dx at the max-pool routes: the route's term is added to the stored value (a second rounding)
-        off = routes if k == "dx" else torch.zeros_like(routes)
-        d = _ulps(got[k], want)[~off]
+        d = _ulps(got[k], want32[k].to(dtype))
         # the float32 sums of the two builds may differ in the last bit (reduction order), which moves
-        # a rare rounding by one place
+        # a rare rounding by one place; dx at the max-pool routes is formed in float32 and rounded once too
         assert d.max() <= 1 and (d == 0).float().mean() >= 0.995, (k, int(d.max()), float((d == 0).float().mean()))
-        scale = want32[k].abs().max()
-        torch.testing.assert_close(got[k][off].float(), want32[k][off], rtol=0, atol=float(scale) * 2.0 ** -7)
 
 
 def test_every_float16_value_widens_exactly():

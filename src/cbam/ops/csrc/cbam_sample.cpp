@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "layout.h"
@@ -156,13 +157,42 @@ struct Backward {
     T* dn = dx + off;
     L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
                   did ? did + off : nullptr);
-    for (int64_t c = 0; c < C; ++c) {  // the max-pool routes
-      T& d = dn[L::at(c, icn[c], C, HW)];
-      d = static_cast<T>(static_cast<A>(d) + b.dm[c]);
+    if constexpr (std::is_same_v<T, A>) {
+      for (int64_t c = 0; c < C; ++c) {  // the max-pool routes
+        T& d = dn[L::at(c, icn[c], C, HW)];
+        d = d + b.dm[c];
+      }
+      for (int64_t p = 0; p < HW; ++p) {
+        T& d = dn[L::at(isn[p], p, C, HW)];
+        d = d + mcn[isn[p]] * dmax[p];
+      }
+    } else {
+      route_narrow(n, av, dmax, b, dn);
     }
-    for (int64_t p = 0; p < HW; ++p) {
-      T& d = dn[L::at(isn[p], p, C, HW)];
-      d = static_cast<T>(static_cast<A>(d) + mcn[isn[p]] * dmax[p]);
+  }
+
+  // The max-pool routes for float16 / bfloat16 storage: each routed element of dx is formed again in A
+  // (input_grad's value, then the channel route, then the spatial one, as the float path adds them)
+  // and rounded once, instead of adding to the already rounded value.
+  void route_narrow(int64_t n, const A* av, const A* dmax, const Bufs& b, T* dn) const {
+    const int64_t off = n * C * HW;
+    const T *gn = g + off, *on = o ? o + off : nullptr;
+    const A *mcn = mc + n * C, *msn = ms + n * HW;
+    const int32_t *isn = is + n * HW, *icn = ic + n * C;
+    auto base = [&](int64_t c, int64_t p) {
+      const int64_t i = L::at(c, p, C, HW);
+      const A gv = on ? grad_at<true, T, A>(gn, on, i) : grad_at<false, T, A>(gn, on, i);
+      return gv * mcn[c] * msn[p] + mcn[c] * av[p] + b.off[c];
+    };
+    for (int64_t p = 0; p < HW; ++p) {  // spatial routes, with the channel route where both land
+      const int64_t c = isn[p];
+      A v = base(c, p);
+      if (icn[c] == p) v += b.dm[c];
+      dn[L::at(c, p, C, HW)] = to_storage<T>(v + mcn[c] * dmax[p]);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t p = icn[c];
+      if (isn[p] != c) dn[L::at(c, p, C, HW)] = to_storage<T>(base(c, p) + b.dm[c]);
     }
   }
 };
