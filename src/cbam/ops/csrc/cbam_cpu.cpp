@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "out_cache.h"
@@ -191,6 +192,12 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
     const A *cp = mc.data_ptr<A>(), *sp = ms.data_ptr<A>(), *ap = a.data_ptr<A>(), *bp = bc.data_ptr<A>();
     const A *vsp = vs.data_ptr<A>(), *vcp = vc.data_ptr<A>();
     const int32_t *isp = idx_s.data_ptr<int32_t>(), *icp = idx_c.data_ptr<int32_t>();
+    constexpr bool narrow = !std::is_same_v<scalar_t, A>;
+    // dx at pixel i of row r (sample n) before the routes, in A; the float types reuse the stored value
+    auto routed_base = [&](int64_t i, int64_t r, int64_t n) -> A {
+      if constexpr (!narrow) return dp[r * HW + i];
+      return widen<A>(gp[r * HW + i]) * cp[r] * sp[n * HW + i] + cp[r] * ap[n * HW + i] + bp[r];
+    };
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t n = r / C;
@@ -202,14 +209,17 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
         for (int64_t i = 0; i < HW; ++i)
           dr[i] = static_cast<scalar_t>(widen<A>(gr[i]) * w * s[i] + w * av[i] + off);
         const int64_t k = icp[r];
-        dr[k] = static_cast<scalar_t>(widen<A>(dr[k]) + vcp[r]);
+        dr[k] = static_cast<scalar_t>(routed_base(k, r, n) + vcp[r]);
       }
     });
     at::parallel_for(0, N * HW, 1024, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
-        const int64_t n = t / HW, p = t % HW, c = isp[t];
-        scalar_t* d = dp + (n * C + c) * HW + p;
-        *d = static_cast<scalar_t>(static_cast<A>(*d) + cp[n * C + c] * vsp[t]);
+        const int64_t n = t / HW, p = t % HW, c = isp[t], r = n * C + c;
+        scalar_t* d = dp + r * HW + p;
+        // float16 / bfloat16: formed again in A (with the channel route where it lands here too) and
+        // rounded once, instead of adding to the rounded value
+        const A v = narrow ? routed_base(p, r, n) + (icp[r] == p ? vcp[r] : A(0)) : static_cast<A>(*d);
+        *d = static_cast<scalar_t>(v + cp[r] * vsp[t]);
       }
     });
   });
