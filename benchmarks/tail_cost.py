@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dtypes", default="float32,bfloat16,float16")
     a = ap.parse_args()
+    bad = [d for d in a.dtypes.split(",") if d not in ("float32", "bfloat16", "float16")]
+    if bad:
+        ap.error(f"--dtypes takes float32, bfloat16 and float16, comma-separated; got {', '.join(bad)}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"{a.threads} threads, kernels: {cbam.ops.backend_name(torch.zeros(1, 1, 1, 1))}; medians of {a.reps} "

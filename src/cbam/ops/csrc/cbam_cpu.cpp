@@ -196,7 +196,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
     // dx at pixel i of row r (sample n) before the routes, in A; the float types reuse the stored value
     auto routed_base = [&](int64_t i, int64_t r, int64_t n) -> A {
       if constexpr (!narrow) return dp[r * HW + i];
-      return widen<A>(gp[r * HW + i]) * cp[r] * sp[n * HW + i] + cp[r] * ap[n * HW + i] + bp[r];
+      return dx_value(widen<A>(gp[r * HW + i]), cp[r], sp[n * HW + i], ap[n * HW + i], bp[r]);
     };
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
@@ -207,7 +207,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
         scalar_t* dr = dp + r * HW;
         _Pragma("omp simd")
         for (int64_t i = 0; i < HW; ++i)
-          dr[i] = static_cast<scalar_t>(widen<A>(gr[i]) * w * s[i] + w * av[i] + off);
+          dr[i] = static_cast<scalar_t>(dx_value(widen<A>(gr[i]), w, s[i], av[i], off));
         const int64_t k = icp[r];
         dr[k] = static_cast<scalar_t>(routed_base(k, r, n) + vcp[r]);
       }

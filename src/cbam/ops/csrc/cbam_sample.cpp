@@ -182,7 +182,7 @@ struct Backward {
     auto base = [&](int64_t c, int64_t p) {
       const int64_t i = L::at(c, p, C, HW);
       const A gv = on ? grad_at<true, T, A>(gn, on, i) : grad_at<false, T, A>(gn, on, i);
-      return gv * mcn[c] * msn[p] + mcn[c] * av[p] + b.off[c];
+      return dx_value(gv, mcn[c], msn[p], av[p], b.off[c]);
     };
     for (int64_t p = 0; p < HW; ++p) {  // spatial routes, with the channel route where both land
       const int64_t c = isn[p];

@@ -148,7 +148,7 @@ struct NCHW {
       _Pragma("omp simd")
       for (int64_t p = 0; p < HW; ++p) {
         const A gv = grad_at<Tail, T, A>(g, o, r + p);
-        dx[r + p] = to_storage<T>(gv * w * ms[p] + w * a[p] + b);
+        dx[r + p] = to_storage<T>(dx_value(gv, w, ms[p], a[p], b));
         if (did) did[r + p] = to_storage<T>(gv);
       }
     }
@@ -315,7 +315,7 @@ struct NHWC {
       _Pragma("omp simd")
       for (int64_t c = 0; c < C; ++c) {
         const A gv = grad_at<Tail, T, A>(g, o, r + c);
-        dx[r + c] = to_storage<T>(gv * mc[c] * s + mc[c] * ap + off[c]);
+        dx[r + c] = to_storage<T>(dx_value(gv, mc[c], s, ap, off[c]));
         if (did) did[r + c] = to_storage<T>(gv);
       }
     }

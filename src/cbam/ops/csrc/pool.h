@@ -54,6 +54,11 @@ inline float widen<float, c10::Half>(c10::Half h) {
   return r;
 }
 
+// The input gradient at one element, before the max-pool routes add to it: g mc ms + mc a + off (one
+// definition for the generic loops of both layouts, the batch-wide pass and the routed elements).
+template <typename A>
+inline A dx_value(A g, A w, A s, A a, A off) { return g * w * s + w * a + off; }
+
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
