@@ -64,11 +64,10 @@ def test_narrow_outputs_are_the_float32_results_rounded(layout, dtype, c, h, w):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_narrow_outputs_of_the_batch_wide_passes(monkeypatch, dtype):
-    """The same for NCHW's three batch-wide passes (large samples, or fewer samples than threads). Their
-    block tail adds the identity to the stored y, a second rounding (which then also moves relu's mask
-    in the backward), so only the plain module is checked here."""
+    """The same for NCHW's three batch-wide passes (large samples, or fewer samples than threads), whose
+    apply pass forms the block tail too: relu(y + identity) rounded once, not y rounded and then added."""
     monkeypatch.setattr(FW, "per_sample", lambda K, x: False)
-    _check_against_float32(torch.contiguous_format, dtype, 16, 7, 7, keys=("y", "dx_plain"))
+    _check_against_float32(torch.contiguous_format, dtype, 16, 7, 7)
 
 
 def test_every_float16_value_widens_exactly():
@@ -84,11 +83,15 @@ def test_every_float16_value_widens_exactly():
     assert torch.equal(p_max[~nan].view(torch.int32), want[~nan].view(torch.int32))  # bit for bit, signed zeros too
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("layout,batch_wide", [(torch.contiguous_format, False), (torch.channels_last, False),
+                                               (torch.contiguous_format, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_nan_in_the_identity_stays_nan_and_gets_no_gradient(layout, dtype):
+def test_nan_in_the_identity_stays_nan_and_gets_no_gradient(monkeypatch, layout, batch_wide, dtype):
     """relu(y + identity) keeps a NaN of the identity (as torch.relu does, and the generic loop's
-    std::max), and relu's backward passes no gradient where the output is not > 0."""
+    std::max), and relu's backward passes no gradient where the output is not > 0: per sample and
+    in NCHW's batch-wide passes."""
+    if batch_wide:
+        monkeypatch.setattr(FW, "per_sample", lambda K, x: False)
     torch.manual_seed(3)
     m = cbam.CBAM(16, reduction=4, impl="fused")
     x, idn, g = (torch.randn(4, 16, 7, 7).to(dtype).contiguous(memory_format=layout) for _ in range(3))

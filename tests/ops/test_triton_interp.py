@@ -1,5 +1,5 @@
 """The Triton kernels (CUDA) checked on the CPU under Triton's interpreter against the torch kernels:
-the six memory passes, over shapes that are and are not multiples of the block sizes, in float32
+the six memory passes (apply with and without the block tail), over shapes that are and are not multiples of the block sizes, in float32
 and half precision, with ties in the argmax. TRITON_INTERPRET must be set before the kernels are
 decorated, so they run in a subprocess."""
 import json
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # hw = 1; 63 (one partial block); 256 (whole blocks); 35 * 33 = 1155 (several blocks, a partial last one)
 SHAPES = [(1, 3, 1, 1), (2, 5, 7, 9), (3, 17, 16, 16), (2, 4, 33, 35)]
 DTYPES = ["float32", "float16", "bfloat16"]
-KERNELS = ["channel_pool", "spatial_pool", "apply", "bwd_reduce", "row_dot", "input_grad"]
+KERNELS = ["channel_pool", "spatial_pool", "apply", "apply_tail", "bwd_reduce", "row_dot", "input_grad"]
 
 
 def _inputs(shape, dtype: torch.dtype, ties: bool):
@@ -39,9 +39,10 @@ def _compare(name: str, x, mc, ms, g) -> List[float]:
         _, vc, idx_c = TK.channel_pool(x)
         args = (g, mc, ms, a, torch.randn(n, c).to(x.device), idx_s, vs, idx_c, vc.float())
     else:
-        args = {"channel_pool": (x,), "spatial_pool": (x, mc), "apply": (x, mc, ms),
+        args = {"channel_pool": (x,), "spatial_pool": (x, mc), "apply": (x, mc, ms), "apply_tail": (x, mc, ms, g),
                 "bwd_reduce": (g, x, mc, ms), "row_dot": (x, a)}[name]
-    got, want = getattr(TR, name)(*args), getattr(TK, name)(*args)
+    fn = "apply" if name == "apply_tail" else name  # apply_tail: apply with the block tail, relu(y + identity)
+    got, want = getattr(TR, fn)(*args), getattr(TK, fn)(*args)
     got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
     out = []
     for u, v in zip(got, want):
@@ -89,5 +90,5 @@ def test_triton_kernel_matches_torch(errors, name):
     assert len(checked) == len(SHAPES) * len(DTYPES) * 2
     for key, errs in checked.items():
         dt = key.split()[-2]
-        tol = max(TOL[dt], ROUNDED[dt]) if name in ("apply", "input_grad") else TOL[dt]
+        tol = max(TOL[dt], ROUNDED[dt]) if name in ("apply", "apply_tail", "input_grad") else TOL[dt]
         assert max(errs) <= tol, (key, errs)

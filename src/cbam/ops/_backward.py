@@ -64,8 +64,9 @@ def _backward_passes(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Optio
     n, c, h, w = x.shape
     hw = h * w
     d_id = None
-    if s.out is not None:  # relu's backward: the gradient passes where the block output is positive
-        g = d_id = g * (s.out > 0)
+    if s.out is not None:  # relu's backward: the gradient where the block output is > 0, else 0 (as the
+        # per-sample kernels: a masked inf or NaN gradient gives 0, not inf * 0)
+        g = d_id = torch.where(s.out > 0, g, 0)
     r_c, r_s = K.bwd_reduce(g, x, mc, ms.view(n, hw))              # read g, x
     dmc = r_c if gmc is None else r_c + gmc
     dms = r_s.view(n, 1, h, w) if gms is None else r_s.view(n, 1, h, w) + gms

@@ -141,9 +141,7 @@ def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tens
     s_avg, s_max, idx_s = K.spatial_pool(x, mc, need_idx)
     sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
     ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
-    y = K.apply(x, mc, ms.view(n, h * w))
-    if identity is not None:
-        y = torch.relu_(y.add_(identity))
+    y = K.apply(x, mc, ms.view(n, h * w), identity)  # with the block tail in the same pass
     if not need_idx:  # inference: the argmax routes and pre-activations are only for backward
         idx_c, idx_s, pre = no_idx(x), no_idx(x), pre.new_empty(0)
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]

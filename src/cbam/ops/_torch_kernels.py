@@ -5,7 +5,7 @@ where no compiled kernel applies (channels_last on CUDA, channels_last on the CP
 fewer samples than threads, no compiler). They
 materialise temporaries, so they are correct but not memory-lean.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -29,9 +29,13 @@ def spatial_pool(x: Tensor, mc: Tensor, need_idx: bool = True) -> Tuple[Tensor, 
     return x1.mean(1), mx, idx.to(torch.int32)
 
 
-def apply(x: Tensor, mc: Tensor, ms: Tensor) -> Tensor:
+def apply(x: Tensor, mc: Tensor, ms: Tensor, identity: Optional[Tensor] = None) -> Tensor:
+    """``x * mc * ms``, or ``relu(x * mc * ms + identity)`` (the block tail), rounded once to x's dtype."""
     n, c, h, w = x.shape
-    return (x.to(mc.dtype) * mc[:, :, None, None] * ms.view(n, 1, h, w)).to(x.dtype)
+    y = x.to(mc.dtype) * mc[:, :, None, None] * ms.view(n, 1, h, w)
+    if identity is not None:
+        y = torch.relu_(y.add_(identity))
+    return y.to(x.dtype)
 
 
 def bwd_reduce(g: Tensor, x: Tensor, mc: Tensor, ms: Tensor) -> Tuple[Tensor, Tensor]:

@@ -5,7 +5,7 @@ accumulation in float32, first-occurrence argmax. With ``TRITON_INTERPRET=1``
 they also run on CPU tensors: CI checks them that way against the torch kernels
 (tests/ops/test_triton_interp.py).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -61,7 +61,7 @@ if AVAILABLE:
         tl.store(idx_ptr + n * HW + offs, best_i, mask=m)
 
     @triton.jit
-    def _apply_k(x_ptr, mc_ptr, ms_ptr, y_ptr, C, HW, BLOCK: tl.constexpr):
+    def _apply_k(x_ptr, mc_ptr, ms_ptr, id_ptr, y_ptr, C, HW, BLOCK: tl.constexpr, TAIL: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = offs < HW
@@ -69,8 +69,11 @@ if AVAILABLE:
         w = tl.load(mc_ptr + row)
         s = tl.load(ms_ptr + n * HW + offs, mask=m, other=0.0)
         base = row.to(tl.int64) * HW
-        v = tl.load(x_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(y_ptr + base + offs, (v * w * s).to(y_ptr.dtype.element_ty), mask=m)
+        v = tl.load(x_ptr + base + offs, mask=m, other=0.0).to(tl.float32) * w * s
+        if TAIL:  # relu(y + identity); a NaN stays NaN, as torch.relu keeps it
+            v += tl.load(id_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+            v = tl.where(v < 0, 0.0, v)
+        tl.store(y_ptr + base + offs, v.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _bwd_reduce_k(g_ptr, x_ptr, mc_ptr, ms_ptr, part_ptr, rs_ptr, C, HW, NB, BLOCK: tl.constexpr):
@@ -143,12 +146,14 @@ def spatial_pool(x: Tensor, mc: Tensor, need_idx: bool = True) -> Tuple[Tensor, 
     return avg, mx, idx
 
 
-def apply(x: Tensor, mc: Tensor, ms: Tensor) -> Tensor:
+def apply(x: Tensor, mc: Tensor, ms: Tensor, identity: Optional[Tensor] = None) -> Tensor:
     n, c, h, w = x.shape
     hw = h * w
     y = torch.empty_like(x)
     b = _block(hw)
-    _apply_k[(n * c, triton.cdiv(hw, b))](x, mc.contiguous(), ms.contiguous(), y, c, hw, BLOCK=b)
+    tail = identity is not None
+    _apply_k[(n * c, triton.cdiv(hw, b))](x, mc.contiguous(), ms.contiguous(), identity.contiguous() if tail else x,
+                                          y, c, hw, BLOCK=b, TAIL=tail)
     return y
 
 

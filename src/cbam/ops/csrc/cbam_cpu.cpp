@@ -3,7 +3,7 @@
 // The small parts (MLP, 7x7 conv, BN, sigmoid) run as ordinary torch ops on
 // (N, C) and (N, H*W) tensors; these kernels are the passes over the full
 // feature map, each reading x (and the incoming gradient) once:
-//   forward : channel_pool (read x), spatial_pool (read x), apply (read x, write y)
+//   forward : channel_pool (read x), spatial_pool (read x), apply (read x [and the identity], write y)
 //   backward: bwd_reduce (read g, x), row_dot (read x), input_grad (read g, write dx)
 // Accumulation is in float (double for double inputs). Work is split with
 // at::parallel_for over rows or over (sample, block of pixels). The per-sample forward
@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "layout.h"
 #include "out_cache.h"
 #include "pool.h"
 
@@ -93,19 +94,27 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc, 
   return {avg, mx, idx};
 }
 
-// y = x * mc[n, c] * ms[n, p]
-at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms) {
+// y = x * mc[n, c] * ms[n, p], or with the block tail relu(y + identity) in the same pass (each element
+// rounded once to x's dtype, and y never written and read back).
+at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms,
+                 const c10::optional<at::Tensor>& identity) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "apply: contiguous NCHW input expected");
+  const bool tail = identity.has_value() && identity->defined();
+  TORCH_CHECK(!tail || (identity->sizes() == x.sizes() && identity->scalar_type() == x.scalar_type() &&
+                        identity->is_contiguous()),
+              "apply: identity must be a contiguous NCHW tensor of x's shape ", x.sizes(), " and dtype");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto y = cached_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* ip = tail ? identity->data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
     const A* cp = mc.data_ptr<A>();
     const A* sp = ms.data_ptr<A>();
     at::parallel_for(0, N * C, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) apply_sample(xp + r * HW, 1, HW, cp + r, sp + (r / C) * HW, yp + r * HW);
+      for (int64_t r = b; r < e; ++r)  // row r: one channel plane, as the per-sample pass takes it
+        sample::NCHW::apply(xp + r * HW, 1, HW, cp + r, sp + (r / C) * HW, ip ? ip + r * HW : nullptr, yp + r * HW);
     });
   });
   return y;
@@ -237,7 +246,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("apply_samples", &cbam_cpu::apply_samples);
   m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("mlp_backward", &cbam_cpu::mlp_backward);
-  m.def("apply", &apply);
+  m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none());
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);
   m.def("input_grad", &input_grad);

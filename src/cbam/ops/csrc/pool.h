@@ -245,18 +245,6 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
   spatial_block_generic(x0, C, HW, len, mc, need_idx, s, m, k);
 }
 
-// y[c, p] = x[c, p] * mc[c] * ms[p] for one sample (C rows of HW).
-template <typename T, typename A>
-inline void apply_sample(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, T* y) {
-  for (int64_t c = 0; c < C; ++c) {
-    const A w = mc[c];
-    const T* xr = x + c * HW;
-    T* yr = y + c * HW;
-    _Pragma("omp simd")
-    for (int64_t i = 0; i < HW; ++i) yr[i] = to_storage<T>(widen<A>(xr[i]) * w * ms[i]);
-  }
-}
-
 }  // namespace cbam_cpu
 
 // Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
