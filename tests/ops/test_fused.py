@@ -264,7 +264,7 @@ def test_auto_chooses_and_reports():
 @pytest.mark.parametrize("backward_inside", [False, True])
 def test_autocast_bf16_training_matches_reference(monkeypatch, kernels, layout, backward_inside):
     """Under bf16 autocast the op takes the autocast conv's bf16 output and keeps its MLP in float32,
-    also on the torch kernels (CUDA channels_last; CPU channels_last with fewer samples than threads),
+    also on the torch kernels (CUDA channels_last; a CPU without the C++ kernels),
     where autocast would otherwise round the MLP's matmuls to bf16 and the backward met mixed dtypes."""
     import cbam.ops._backward as B
     import cbam.ops.fused as FU

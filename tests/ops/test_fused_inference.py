@@ -79,8 +79,22 @@ def test_per_sample_chosen_when_it_pays(monkeypatch):
     assert FW.per_sample(K, torch.empty(threads * 4, 2048, 112, 112))
     _inject_llc(monkeypatch, 16 << 20)
     assert not FW.per_sample(FW.TK, torch.empty(4 * threads, 64, 28, 28))  # only the C++ kernels have it
-    if threads > 1:
-        assert not FW.per_sample(K, torch.empty(1, 64, 28, 28))  # one sample would leave threads idle
+
+
+def test_few_or_uneven_samples_run_per_sample_when_small(monkeypatch):
+    """With fewer samples than threads, or a number that does not split evenly, a sample of up to
+    SMALL_SAMPLE elements still runs per sample (idle threads cost less than the batch-wide passes'
+    calls); a larger one takes the batch-wide passes, which use every thread."""
+    K = _cpp()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    _inject_llc(monkeypatch, 16 << 20)
+    small, large = (64, 28, 28), (64, 128, 65)  # 50,176 and 532,480 elements
+    assert 64 * 28 * 28 <= FW.SMALL_SAMPLE < 64 * 128 * 65
+    for n in (1, 3, 5, 6):  # fewer samples than threads, or uneven and under 4 per thread
+        assert FW.per_sample(K, torch.empty(n, *small)), n
+        assert not FW.per_sample(K, torch.empty(n, *large)), n
+    assert FW.per_sample(K, torch.empty(8, *large)) and FW.per_sample(K, torch.empty(17, *large))  # even, or >= 4 each
+    assert FW.per_sample(K, torch.empty(1, *large).to(memory_format=torch.channels_last))  # its only C++ kernels
 
 
 @given(n=st.integers(1, 16), c=st.integers(1, 300), h=st.integers(1, 40), w=st.integers(1, 40),

@@ -251,13 +251,15 @@ def test_script_keeps_the_reference_tail():
     torch.testing.assert_close(s(x), m(x))
 
 
-def test_channels_last_with_fewer_samples_than_threads_uses_torch_kernels(monkeypatch):
+def test_fewer_samples_than_threads_use_the_cpp_kernels(monkeypatch):
+    """Both layouts take the C++ kernels whatever the batch (batch-1 inference included); only
+    other layouts (strided views) use the torch kernels."""
     _cpp()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
-    assert FW.backend_name(x) == "torch" and FW.backend_name(torch.randn(4, 8, 5, 5).to(
-        memory_format=torch.channels_last)) == "cpp"
-    assert FW.backend_name(torch.randn(2, 8, 5, 5)) == "cpp"  # NCHW has batch-wide C++ passes
+    for n in (1, 2, 4):
+        assert FW.backend_name(torch.randn(n, 8, 5, 5).contiguous(memory_format=torch.channels_last)) == "cpp"
+        assert FW.backend_name(torch.randn(n, 8, 5, 5)) == "cpp"
+    assert FW.backend_name(torch.randn(2, 8, 5, 10)[..., ::2]) == "torch"
 
 
 def test_identity_on_another_device_or_dtype_is_refused():

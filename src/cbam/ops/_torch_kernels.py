@@ -1,8 +1,7 @@
 """The memory passes of fused CBAM written with torch ops: any device, any layout.
 
 The same six functions as the C++ and Triton kernels (see csrc/cbam_cpu.cpp); used
-where no compiled kernel applies (channels_last on CUDA, channels_last on the CPU with
-fewer samples than threads, no compiler). They
+where no compiled kernel applies (channels_last on CUDA, other strides, no compiler). They
 materialise temporaries, so they are correct but not memory-lean.
 """
 from typing import Optional, Tuple
