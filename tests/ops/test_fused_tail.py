@@ -210,7 +210,10 @@ def test_entry_points_check_shapes_and_indices():
         K.forward_samples(x, w1, e, w2, e, torch.zeros(2, 6, 6), 0.0, 1.0, 0.0, False, True, True, 1, e)
     with pytest.raises(RuntimeError, match="identity"):
         K.forward_samples(x, w1, e, w2, e, wc, 0.0, 1.0, 0.0, False, True, True, 1, torch.randn(2, 8, 4, 5))
-    y, mc, ms, pa, pm, ic, sd, is_, pre = K.forward_samples(x, w1, e, w2, e, wc, 0.0, 1.0, 0.0, False, True, True, 1, e)
+    y, mc, ms, pa, pm, ic, sd, is_, pre, bmean, bvar = K.forward_samples(x, w1, e, w2, e, wc, 0.0, 1.0, 0.0, False, True,
+                                                                        True, 1, e)
+    assert ms.shape == (2, 1, 4, 4) and bmean.tolist() == bvar.tolist() == [0.0]
+    ms = ms.view(2, 16)
     bad = is_.clone()
     bad[0, 0] = 8  # a channel index past C: must not write outside dx
     with pytest.raises(RuntimeError, match="idx_s holds indices outside"):

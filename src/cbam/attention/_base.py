@@ -205,6 +205,21 @@ def _layout(dims: int) -> str:
     return "(N, C, H, W)"
 
 
+def module_attr(m: nn.Module, name: str) -> Any:
+    """``getattr(m, name)`` for a parameter, buffer or submodule, without ``nn.Module.__getattr__``
+    (about 2 us a lookup on a slow core; the fused path of a small layer makes a dozen per call):
+    the instance's own attributes, then the dicts ``__getattr__`` searches, in its order; anything
+    else (a parametrization's property, a missing name) through the normal lookup."""
+    d = m.__dict__
+    if name in d:
+        return d[name]
+    for store in ("_parameters", "_buffers", "_modules"):
+        s = d.get(store)
+        if s is not None and name in s:
+            return s[name]
+    return getattr(m, name)
+
+
 def check_input(x: Tensor, channels: int, name: str, dims: int = 2) -> None:
     """Clear errors for the inputs every attention module rejects (TorchScript-compatible).
 

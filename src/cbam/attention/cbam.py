@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ._base import LayerSpec, check_channels, check_dims, check_input, either, exporting
+from ._base import LayerSpec, check_channels, check_dims, check_input, either, exporting, module_attr
 from .channel import ChannelAttention
 from .spatial import SpatialAttention
 
@@ -142,16 +142,17 @@ class CBAM(nn.Module):
     @torch.jit.unused
     def uses_fused(self, x: Tensor) -> bool:
         """Whether ``forward(x)`` takes the fused path of :mod:`cbam.ops`."""
-        if self.impl == "reference" or not self.fusable or not self.spatial.plain_bn() or exporting():
+        if self.impl == "reference" or not self.fusable or not module_attr(self, "spatial").plain_bn() or exporting():
             return False  # a converted BN (SyncBatchNorm) must run itself; exporters get standard ops
         return ops.fused_available(x, require=self.impl == "fused")
 
     @torch.jit.unused
     def _fused(self, x: Tensor, bn_args: Tuple, identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-        ch, sp = self.channel, self.spatial
-        y, mc, ms = ops.fused_cbam_tail_with_gates(x, identity, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight,
-                                                   ch.fc2.bias, sp.conv.weight, sp.conv.bias, *bn_args,
-                                                   order=sp.pool_order)
+        A = module_attr  # plain getattr costs more than a small layer's kernels (see module_attr)
+        fc1, fc2, conv = A(A(self, "channel"), "fc1"), A(A(self, "channel"), "fc2"), A(A(self, "spatial"), "conv")
+        y, mc, ms = ops.fused_cbam_tail_with_gates(x, identity, A(fc1, "weight"), A(fc1, "bias"), A(fc2, "weight"),
+                                                   A(fc2, "bias"), A(conv, "weight"), A(conv, "bias"), *bn_args,
+                                                   order=A(self, "spatial").pool_order)
         return y, mc, ms  # the op's backward refuses create_graph=True, naming impl="reference"
 
     def _reference(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -174,7 +175,7 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.channels, self.label, self.dims)
         if not torch.jit.is_scripting() and self.uses_fused(x):
-            y, mc, ms = self._fused(x, self.spatial.bn_args(x))
+            y, mc, ms = self._fused(x, module_attr(self, "spatial").bn_args(x))
         else:
             y, mc, ms = self._reference(x)
         if self.record_maps:
@@ -189,7 +190,7 @@ class CBAM(nn.Module):
         ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
         if not torch.jit.is_scripting() and self._tail_fusable(x, identity):
             check_input(x, self.channels, self.label, self.dims)
-            y, mc, ms = self._fused(x, self.spatial.bn_args(x), identity)
+            y, mc, ms = self._fused(x, module_attr(self, "spatial").bn_args(x), identity)
             if self.record_maps:
                 self.last_channel_map = mc.detach()
                 self.last_spatial_map = ms.detach()

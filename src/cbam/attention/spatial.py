@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ._base import (LayerSpec, check_channels, check_dims, check_input, check_kernel_size, either,
+from ._base import (LayerSpec, check_channels, check_dims, check_input, check_kernel_size, either, module_attr,
                     resolve_activation)
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -117,14 +117,15 @@ class SpatialAttention(nn.Module):
     def plain_bn(self) -> bool:
         """Whether the BN (if any) is a plain affine ``nn.BatchNorm2d``, whose math the fused
         kernels reproduce; a subclass such as ``SyncBatchNorm`` must run itself."""
-        return self.bn is None or (type(self.bn) is nn.BatchNorm2d and self.bn.affine)
+        bn = module_attr(self, "bn")
+        return bn is None or (type(bn) is nn.BatchNorm2d and bn.affine)
 
     def bn_args(self, x: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor],
                                           bool, float, float, bool]:
         """BatchNorm arguments ``(weight, bias, running_mean, running_var, training, momentum, eps,
         use_bn)`` for :func:`cbam.functional.spatial_gate` and the fused op, computed as
         ``nn.BatchNorm2d.forward`` does (``momentum=None``: cumulative average), with its bookkeeping."""
-        bn = self.bn
+        bn = module_attr(self, "bn")
         if bn is None:
             return None, None, None, None, False, 0.1, 1e-5, False
         if bn.training and x.shape[0] * x[0, 0].numel() == 1:

@@ -98,7 +98,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     ms2, out = d(s.ms).view(n, h * w), (empty_arg(x) if s.out is None else s.out)
     none = empty_arg(x, acc)  # the C++ kernels read an empty gate gradient as zero
     gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
-    weights = (d(s.w1), d(s.b1), d(s.w2), d(s.wc).view(2, s.wc.shape[-2], s.wc.shape[-1]), d(s.sd))
+    weights = (d(s.w1), d(s.b1), d(s.w2), d(s.wc), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
     if use_bn and training:
         dmc, dms = K.backward_reduce_samples(g, out, x, d(mc), ms2, gmc, gms2)

@@ -166,11 +166,11 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
         inv = float(bn_w) / math.sqrt(float(rv) + eps)
         scale, shift = inv, float(bn_b) - float(rm) * inv
     ident = empty_arg(x) if identity is None else identity
-    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre = K.forward_samples(
-        x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc).view(2, wc.shape[-2], wc.shape[-1]),
-        0.0 if bc is None else float(bc), scale, shift, max_first, need_idx, not bn_train, mlp_group(x, w1), ident)
-    ms = ms.view(n, 1, h, w)
-    bmean, bvar = ms.new_zeros(1), ms.new_zeros(1)
+    # the kernel returns ms as (N, 1, H, W), and zeros for the BN statistics (tensor calls cost
+    # microseconds each from Python, which a small layer's kernels do not)
+    y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, bmean, bvar = K.forward_samples(
+        x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc), 0.0 if bc is None else float(bc), scale, shift,
+        max_first, need_idx, not bn_train, mlp_group(x, w1), ident)
     if use_bn and not training:
         bmean, bvar = rm.to(acc).reshape(1).clone(), rv.to(acc).reshape(1).clone()
     if bn_train:  # the ms slot holds the conv output u

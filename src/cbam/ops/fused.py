@@ -218,7 +218,8 @@ def fused_cbam_tail_with_gates(
     if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
         _update_running_stats(bmean, bvar, n * h * w, bn_running_mean, bn_running_var, bn_momentum,
                               num_batches_tracked)
-    return y, mc.view(n, c, 1, 1).to(x.dtype), ms.to(x.dtype)
+    mc = mc.view(n, c, 1, 1)
+    return y, (mc if mc.dtype == x.dtype else mc.to(x.dtype)), (ms if ms.dtype == x.dtype else ms.to(x.dtype))
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],

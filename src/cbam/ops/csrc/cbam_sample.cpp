@@ -63,6 +63,10 @@ void check_weights(const at::Tensor& w1, const at::Tensor& b1, const at::Tensor&
   check_small(wc, {2, k, k}, acc, "wc", fn);
 }
 
+// The conv weight as (2, k, k): the module's (1, 2, k, k) is taken as it is (a view here costs less
+// than one from Python per call).
+at::Tensor conv_weight(const at::Tensor& wc) { return wc.dim() == 4 && wc.size(0) == 1 ? wc[0] : wc; }
+
 template <typename A>
 const A* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr<A>() : nullptr; }
 
@@ -228,15 +232,17 @@ void forward_run(Forward<L, T> f, const at::Tensor& p_avg, const at::Tensor& p_m
 
 }  // namespace
 
-// Returns [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre]. ms = sigmoid(scale * u + shift) with u the
-// conv output (bias included); with apply_gate=false (training-mode BN needs the batch's statistics
-// first) y is empty and the ms slot holds u. idx_c / idx_s / pre are empty unless need_idx. With a
+// Returns [y, mc, ms (N, 1, H, W), p_avg, p_max, idx_c, sd, idx_s, pre, 0, 0]. ms = sigmoid(scale * u +
+// shift) with u the conv output (bias included); with apply_gate=false (training-mode BN needs the
+// batch's statistics first) y is empty and the ms slot holds u. idx_c / idx_s / pre are empty unless
+// need_idx; the two zeros are the op's BN-statistics outputs where no BN statistics are formed. With a
 // non-empty `identity` (x's shape and layout), y = relu(x * mc * ms + identity): the residual block's tail.
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
+                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc_in,
                                         double conv_bias, double scale, double shift, bool max_first,
                                         bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity) {
   const char* fn = "forward_samples";
+  const at::Tensor wc = conv_weight(wc_in);
   check_input(x, fn);
   TORCH_CHECK(group >= 1, fn, ": group must be >= 1");
   const bool nhwc = is_nhwc(x);
@@ -248,7 +254,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
   auto fo = x.options().dtype(acc);
   auto io = x.options().dtype(at::kInt);
   auto y = apply_gate ? cached_like(x, nhwc) : at::empty({0}, x.options());
-  auto mc = at::empty({N, C}, fo), ms = at::empty({N, HW}, fo), sd = at::empty({N, 2, H, W}, fo);
+  auto mc = at::empty({N, C}, fo), ms = at::empty({N, 1, H, W}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo);
   auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
   auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
@@ -264,7 +270,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
        need_idx ? idx_s.data_ptr<int32_t>() : nullptr, static_cast<acc_t<scalar_t>>(conv_bias),
        static_cast<acc_t<scalar_t>>(scale), static_cast<acc_t<scalar_t>>(shift), need_idx, apply_gate},
       p_avg, p_max, w1, w2, group);
-  return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre};
+  return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, at::zeros({1}, fo), at::zeros({1}, fo)};
 }
 
 namespace {
@@ -414,9 +420,10 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
                                          const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
-                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc_in,
                                          const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du) {
   const char* fn = "backward_samples";
+  const at::Tensor wc = conv_weight(wc_in);
   check_grads(g, out, x, mc, ms, fn);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const auto acc = mc.scalar_type();
