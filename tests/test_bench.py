@@ -26,11 +26,11 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
     assert "allocator: " in md.splitlines()[0]
     # the network matrix: per (network, mode) a table with a column per configuration
     for title in ("resnet50, 2 @ 64, inference", "resnet50, 2 @ 64, training step", "resnet20, 4 @ 16, inference",
-                  "resnet20, 4 @ 16, training step"):
+                  "resnet20, 4 @ 16, training step", "resnet20, 1 @ 16, inference", "resnet20, 1 @ 16, training step"):
         assert f"**{title}**" in md, title
     tables = md.split("### Networks")[1]
     cbam_rows = [ln for ln in tables.splitlines() if ln.startswith("| CBAM fused |")]
-    assert len(cbam_rows) == 4 and all(len(ln.split("|")) == n_cfg + 3 for ln in cbam_rows)  # a cell per config
+    assert len(cbam_rows) == 6 and all(len(ln.split("|")) == n_cfg + 3 for ln in cbam_rows)  # a cell per config
     met = [ln for ln in tables.splitlines() if ln.startswith("| met |")]
     assert all(set(c.strip() for c in ln.strip("|").split("|")[1:]) <= {"yes", "no", "yes (noisy)", "no (noisy)"}
                for ln in met)

@@ -1,6 +1,6 @@
 """CBAM's cost inside whole networks, in the configurations users pick for speed: a matrix of
 {fp32, bf16 autocast} x {NCHW, channels_last} over ResNet-50 (batch 8 at 224 px) and ResNet-20
-(batch 128 at 28 px), inference and a training step, for the plain network, SE, CBAM on the
+(batch 128 and batch 1 at 28 px), inference and a training step, for the plain network, SE, CBAM on the
 reference path and CBAM on the fused path. Every cell is an overhead against the plain network in
 the same configuration, timed in the same interleaved rounds (:func:`cbam.bench.timed_rounds`).
 
@@ -33,10 +33,13 @@ class Net:
     classes: int
 
 
-NETS: Dict[str, Net] = {"resnet50": Net("resnet50", 8, 224, 3, 1000), "resnet20": Net("resnet20", 128, 28, 1, 10)}
+# resnet20-b1: batch-1 inference (deployment), where per-call costs, not data, decide the overhead
+NETS: Dict[str, Net] = {"resnet50": Net("resnet50", 8, 224, 3, 1000), "resnet20": Net("resnet20", 128, 28, 1, 10),
+                        "resnet20-b1": Net("resnet20", 1, 28, 1, 10)}
 # a GPU trains ResNet-50 at batch 64 and up: at 8 it measures kernel launches, not the network
 CUDA_NETS: Dict[str, Net] = {**NETS, "resnet50": Net("resnet50", 64, 224, 3, 1000)}
-SMOKE_NETS: Dict[str, Net] = {"resnet50": Net("resnet50", 2, 64, 3, 1000), "resnet20": Net("resnet20", 4, 16, 1, 10)}
+SMOKE_NETS: Dict[str, Net] = {"resnet50": Net("resnet50", 2, 64, 3, 1000), "resnet20": Net("resnet20", 4, 16, 1, 10),
+                              "resnet20-b1": Net("resnet20", 1, 16, 1, 10)}
 CONFIGS: Dict[str, Tuple[torch.dtype, torch.memory_format]] = {
     "fp32 NCHW": (torch.float32, torch.contiguous_format), "fp32 channels_last": (torch.float32, torch.channels_last),
     "bf16 NCHW": (torch.bfloat16, torch.contiguous_format), "bf16 channels_last": (torch.bfloat16, torch.channels_last)}

@@ -311,8 +311,9 @@ def _add_tool_commands(sub: Any) -> None:
     b.add_argument("--n", type=int, default=32, help="batch of the stage shapes")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--reps", type=int, default=5)
-    b.add_argument("--nets", default="resnet50,resnet20",
-                   help="networks of the configuration matrix (on CUDA ResNet-50 runs at batch 64)")
+    b.add_argument("--nets", default="resnet50,resnet20,resnet20-b1",
+                   help="networks of the configuration matrix: resnet50 (batch 8; 64 on CUDA), resnet20 (batch 128), "
+                        "resnet20-b1 (batch 1)")
     b.add_argument("--configs", default="auto",
                    help="configurations of the matrix, comma-separated; auto: fp32 and bf16 x NCHW and "
                         "channels_last, without bf16 on a CPU that has no bfloat16 arithmetic")
