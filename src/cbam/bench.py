@@ -188,7 +188,7 @@ def markdown(stages: List[Dict], header: str) -> str:
 
 
 def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: int = 5, network: bool = True,
-              nets: Sequence[str] = ("resnet50", "resnet20"), configs: Optional[Sequence[str]] = None,
+              nets: Sequence[str] = ("resnet50", "resnet20", "resnet20-b1"), configs: Optional[Sequence[str]] = None,
               smoke: bool = False,
               stages: bool = True, timm_col: bool = True, out: Optional[str] = None,
               log: Callable[[str], None] = print, shapes: Sequence[Tuple[int, int]] = STAGES) -> str:

@@ -94,7 +94,12 @@ def test_few_or_uneven_samples_run_per_sample_when_small(monkeypatch):
         assert FW.per_sample(K, torch.empty(n, *small)), n
         assert not FW.per_sample(K, torch.empty(n, *large)), n
     assert FW.per_sample(K, torch.empty(8, *large)) and FW.per_sample(K, torch.empty(17, *large))  # even, or >= 4 each
-    assert FW.per_sample(K, torch.empty(1, *large).to(memory_format=torch.channels_last))  # its only C++ kernels
+    _inject_llc(monkeypatch, 64 << 10)  # an uneven split runs per sample only if the samples stay cached, too
+    assert not FW.per_sample(K, torch.empty(5, *small)) and FW.per_sample(K, torch.empty(1, *small))
+    # channels_last has no batch-wide C++ passes: a large sample with idle threads goes to the torch kernels
+    cl = dict(memory_format=torch.channels_last)
+    assert FW.backend_name(torch.empty(1, *large).to(**cl)) == "torch"
+    assert FW.backend_name(torch.empty(1, *small).to(**cl)) == FW.backend_name(torch.empty(4, *large).to(**cl)) == "cpp"
 
 
 @given(n=st.integers(1, 16), c=st.integers(1, 300), h=st.integers(1, 40), w=st.integers(1, 40),

@@ -80,7 +80,9 @@ def errors() -> Dict[str, List[float]]:
 
 # float32 sums of a few hundred terms in different orders; half-precision inputs, float32 math
 TOL = {"float32": 1e-5, "float16": 1e-5, "bfloat16": 1e-5}
-# apply and input_grad round their result to the input dtype, where one rounding step may differ
+# apply and input_grad round their result to the input dtype, where one rounding step may differ (on a GPU
+# also where Triton fuses a multiply and an add into one FMA)
+ROUNDED_KERNELS = ("apply", "apply_tail", "input_grad")
 ROUNDED = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}
 
 
@@ -90,5 +92,5 @@ def test_triton_kernel_matches_torch(errors, name):
     assert len(checked) == len(SHAPES) * len(DTYPES) * 2
     for key, errs in checked.items():
         dt = key.split()[-2]
-        tol = max(TOL[dt], ROUNDED[dt]) if name in ("apply", "apply_tail", "input_grad") else TOL[dt]
+        tol = max(TOL[dt], ROUNDED[dt]) if name in ROUNDED_KERNELS else TOL[dt]
         assert max(errs) <= tol, (key, errs)

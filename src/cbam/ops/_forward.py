@@ -2,7 +2,7 @@
 
 Kernels: C++ (CPU, contiguous NCHW or channels_last), Triton (CUDA, contiguous NCHW) and torch
 ops for everything else. On the CPU the whole forward runs per sample while the sample is in
-cache (:func:`per_sample`), and without a pending gradient (``need_idx=False``) no argmax routes
+cache, or is small (:func:`per_sample`), and without a pending gradient (``need_idx=False``) no argmax routes
 are tracked. With an ``identity`` the last pass also forms the residual block's tail,
 ``relu(y + identity)``.
 """
@@ -39,10 +39,16 @@ def _triton():
         return None
 
 
+# Samples up to this many elements run per sample with fewer samples than threads: there the ~20 torch
+# ops and kernel calls of the batch-wide passes cost more than the threads that find no sample (batch 1
+# on 2 threads: a ResNet-20 layer 2.9-3.4x faster per sample, ResNet-50's layers below it 1.8-2.3x).
+SMALL_SAMPLE = 1 << 19
+
+
 def kernels_for(x: Tensor) -> ModuleType:
     """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW, up to
     float32) or torch."""
-    if x.device.type == "cpu" and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+    if x.device.type == "cpu" and (x.is_contiguous() or _per_sample_nhwc(x)):
         # while torch.compile traces a module, only kernels built already count (a build is no graph op)
         mod = _cpu.loaded() if torch.compiler.is_compiling() else _cpu.load()
         if mod is not None:
@@ -54,32 +60,34 @@ def kernels_for(x: Tensor) -> ModuleType:
     return TK
 
 
+def _per_sample_nhwc(x: Tensor) -> bool:
+    """channels_last has only per-sample C++ kernels, whose threads take whole samples: with fewer
+    samples than threads only a small sample (:data:`SMALL_SAMPLE`) is left to them."""
+    return x.is_contiguous(memory_format=torch.channels_last) and (
+        x.shape[0] >= torch.get_num_threads() or x.numel() // max(x.shape[0], 1) <= SMALL_SAMPLE)
+
+
 def backend_name(x: Tensor) -> str:
     k = kernels_for(x)
     return "torch" if k is TK else ("triton" if x.device.type == "cuda" else "cpp")
 
 
-# Samples up to this many elements run per sample whatever the batch: below it the ~20 torch ops and
-# kernel calls of the batch-wide passes cost more than the threads that find no sample (batch 1 of a
-# ResNet-20 layer: 3.3x faster per sample on 2 threads; a ResNet-50 layer at 224 px: 1.2-2x).
-SMALL_SAMPLE = 1 << 19
-
-
 def per_sample(K: ModuleType, x: Tensor) -> bool:
     """Whether the C++ per-sample kernels run: always for channels_last (they are its only C++
-    kernels: a pass over a sample's pixel rows is as cheap cached or not). For NCHW when every
-    thread gets the same number of samples (or at least four) and a sample stays in the last-level
-    cache between the passes; with fewer samples than threads, or unevenly many, when a sample is
-    small (:data:`SMALL_SAMPLE`)."""
+    kernels: a pass over a sample's pixel rows is as cheap cached or not). For NCHW when a sample
+    stays in the last-level cache between the passes and every thread gets the same number of
+    samples (or at least four); with fewer samples than threads, or an uneven split below four per
+    thread, only when the sample is small (:data:`SMALL_SAMPLE`) as well."""
     if not hasattr(K, "forward_samples"):
         return False
     if not x.is_contiguous():
         return True
     n, threads = x.shape[0], torch.get_num_threads()
     per = x.numel() // max(n, 1)
-    if n < threads or (n % threads and n < 4 * threads):
+    if n < threads:
         return per <= SMALL_SAMPLE
-    return per * x.element_size() * threads <= _llc_bytes(threads) // 2
+    fits = per * x.element_size() * threads <= _llc_bytes(threads) // 2
+    return fits and (per <= SMALL_SAMPLE or n % threads == 0 or n >= 4 * threads)
 
 
 def mlp_group(x: Tensor, w1: Tensor) -> int:
