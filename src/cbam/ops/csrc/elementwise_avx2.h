@@ -1,8 +1,9 @@
-// The element-wise passes of the per-sample kernels in 8-lane vectors, for AVX2 + FMA + F16C builds
-// without AVX-512: y = x * mc * ms (apply, with the optional block tail) and the input gradient, in
-// both layouts. Storage float, bfloat16 and half is converted 8 values at a time (avx2_common.h);
-// gcc's loops store half through c10's one-value conversion, and on Zen are 4 lanes wide. Each
-// function computes the generic loop's expression (layout.h).
+// The element-wise passes of the per-sample kernels in 8-lane vectors: y = x * mc * ms (apply, with the
+// optional block tail) and the input gradient, in both layouts. AVX2 + FMA + F16C builds without
+// AVX-512 take them for float, bfloat16 and half; AVX-512 builds for half only, whose generic loops
+// store through c10's one-value F16C conversion and ran 3-5x slower than these on a Zen 5 EPYC (float
+// and bfloat16 vectorise 16 lanes wide there). Storage is converted 8 values at a time
+// (avx2_common.h). Each function computes the generic loop's expression (layout.h).
 #pragma once
 #include <immintrin.h>
 
@@ -21,10 +22,14 @@ namespace sample {
 using avx2::load8;
 using avx2::store8;
 
-// Storage types with float accumulation: the ones these functions take.
+// Storage types with float accumulation that these functions take on this build.
 template <typename T, typename A>
 constexpr bool kVecElementwise = std::is_same_v<A, float> &&
+#if defined(__AVX512F__)
+    std::is_same_v<T, c10::Half>;
+#else
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+#endif
 
 // ---- channels_last: a pixel's row of C channels (C a multiple of 8) ----
 

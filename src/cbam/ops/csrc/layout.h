@@ -77,7 +77,7 @@ struct NCHW {
       const T* xr = x + c * HW;
       const T* ir = id ? id + c * HW : nullptr;
       T* yr = y + c * HW;
-      // kVecElementwise: elementwise_avx2.h, only in AVX2 builds; elsewhere this branch is discarded
+      // kVecElementwise: elementwise_avx2.h, in builds with F16C; elsewhere this branch is discarded
       // uninstantiated, so its calls need no declaration there
       if constexpr (kVecElementwise<T, A>) {
         apply_plane(xr, HW, w, ms, ir, yr);

@@ -31,10 +31,11 @@ constexpr bool kNhwc16 =
     false;
 #endif
 
-// Whether the element-wise passes of elementwise_avx2.h (8-lane apply and input gradient) replace the
-// generic loops: not on AVX-512 builds, where they were not measured.
+#if !defined(CBAM_VEC_ELEMENTWISE)
+// Without F16C there are no element-wise vector passes (elementwise_avx2.h): the generic loops run.
 template <typename T, typename A>
 constexpr bool kVecElementwise = false;
+#endif
 
 // Channel counts (multiples of 16) up to this take the transposed-tile path (layout.h, short_rows).
 constexpr int64_t kTiledMaxChannels = 48;
