@@ -106,6 +106,10 @@ struct NCHW {
       for (int64_t c = 0; c < C; ++c) {
         const int64_t r = c * HW + p0;
         const A wc = mc[c];
+        if constexpr (kGradRow<T, A>) {  // AVX-512 builds; elsewhere discarded uninstantiated
+          dmc[c] += grad_row(g + r, Tail ? o + r : static_cast<const T*>(nullptr), x + r, len, wc, ms + p0, acc);
+          continue;
+        }
         A dot = 0;
         _Pragma("omp simd reduction(+:dot)")
         for (int64_t i = 0; i < len; ++i) {

@@ -3,14 +3,13 @@
 #pragma once
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <cstring>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include <type_traits>
 
 namespace cbam_cpu {
 
@@ -61,6 +60,16 @@ inline A dx_value(A g, A w, A s, A a, A off) { return g * w * s + w * a + off; }
 
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
+// Whether grad_row (pool_avx512.h) runs the NCHW backward's channel rows for storage T, accumulation A.
+template <typename T, typename A>
+constexpr bool kGradRow =
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    std::is_same_v<A, float> &&
+    (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+#else
+    false;
+#endif
+
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
 // matching positions, returning at the first chunk that has one: the max is found by a plain max
 // reduction (as fast as a sum) and its first position by this scan, instead of a compare-and-blend
@@ -93,30 +102,6 @@ inline void row_sum_max(const T* row, int64_t n, A* sum, A* mx) {
   *mx = m;
 }
 
-#if defined(__AVX512F__)
-// float rows with AVX-512: 16-lane chunks and one masked tail chunk. The generic loop above leaves a
-// scalar tail and its reductions cost as much as the row on the short rows of late ResNet stages
-// (7x7: 0.66 -> 0.15 ms for 16 samples x 2048 rows; no change on 28x28 rows, which are DRAM-bound).
-template <>
-inline void row_sum_max<float, float>(const float* row, int64_t n, float* sum, float* mx) {
-  __m512 s = _mm512_setzero_ps(), m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(row + i);
-    s = _mm512_add_ps(s, v);
-    m = _mm512_max_ps(v, m);  // (v, m): a NaN in v leaves m, as the generic loop does
-  }
-  if (i < n) {
-    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(k, row + i);
-    s = _mm512_add_ps(s, v);
-    m = _mm512_mask_max_ps(m, k, v, m);
-  }
-  *sum = _mm512_reduce_add_ps(s);
-  *mx = _mm512_reduce_max_ps(m);
-}
-#endif
-
 // Mean, max and (if need_idx) first argmax of one row of n values.
 template <typename T, typename A>
 inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int32_t* idx) {
@@ -127,53 +112,6 @@ inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int3
   if (need_idx) *idx = first_equal(row, n, m);
 }
 
-#if defined(__AVX512F__)
-// float rows with AVX-512 and the argmax: each lane keeps the position of its first maximum (strict >,
-// blended in registers), and the row's first argmax is the lowest such position among the lanes that
-// hold the row maximum. Sum and max are formed exactly as row_sum_max<float> forms them (same lanes, same
-// order), so avg and max do not depend on need_idx. Replaces first_equal's second scan, whose per-row
-// reduction epilogue was ~40% of the 7x7 grad-mode forward (measured with perf).
-template <>
-inline void row_pool<float, float>(const float* row, int64_t n, bool need_idx, float* avg, float* mx,
-                                   int32_t* idx) {
-  if (!need_idx) {
-    float s, m;
-    row_sum_max(row, n, &s, &m);
-    *avg = s / static_cast<float>(n);
-    *mx = m;
-    return;
-  }
-  __m512 s = _mm512_setzero_ps(), m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512i k = _mm512_setzero_si512();
-  __m512i pos = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i step = _mm512_set1_epi32(16);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(row + i);
-    s = _mm512_add_ps(s, v);
-    const __mmask16 gt = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ);  // false for NaN, like _mm512_max_ps(v, m)
-    m = _mm512_mask_mov_ps(m, gt, v);
-    k = _mm512_mask_mov_epi32(k, gt, pos);
-    pos = _mm512_add_epi32(pos, step);
-  }
-  if (i < n) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(tail, row + i);
-    s = _mm512_add_ps(s, v);
-    const __mmask16 gt = _mm512_mask_cmp_ps_mask(tail, v, m, _CMP_GT_OQ);
-    m = _mm512_mask_mov_ps(m, gt, v);
-    k = _mm512_mask_mov_epi32(k, gt, pos);
-  }
-  const float M = _mm512_reduce_max_ps(m);
-  *avg = _mm512_reduce_add_ps(s) / static_cast<float>(n);
-  *mx = M;
-  if (!(M > -std::numeric_limits<float>::infinity())) {  // rows of -inf / NaN only: no lane moved
-    *idx = first_equal(row, n, M);
-    return;
-  }
-  *idx = _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(m, _mm512_set1_ps(M), _CMP_EQ_OQ), k);
-}
-#endif
 
 // sum_i row[i] a[i] over one row of n values.
 template <typename T, typename A>
@@ -251,4 +189,8 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
 // before any instantiation: the .cpp files that use them include this header first).
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 #include "pool_avx2.h"
+#endif
+// With AVX-512 (F, BW, VL), specialisations for float, bfloat16 and half storage.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include "pool_avx512.h"
 #endif
