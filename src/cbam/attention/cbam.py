@@ -150,9 +150,11 @@ class CBAM(nn.Module):
     def _fused(self, x: Tensor, bn_args: Tuple, identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         A = module_attr  # plain getattr costs more than a small layer's kernels (see module_attr)
         fc1, fc2, conv = A(A(self, "channel"), "fc1"), A(A(self, "channel"), "fc2"), A(A(self, "spatial"), "conv")
-        y, mc, ms = ops.fused_cbam_tail_with_gates(x, identity, A(fc1, "weight"), A(fc1, "bias"), A(fc2, "weight"),
-                                                   A(fc2, "bias"), A(conv, "weight"), A(conv, "bias"), *bn_args,
-                                                   order=A(self, "spatial").pool_order)
+        # uses_fused has checked what fused_cbam_tail_with_gates would (the configuration holds by
+        # construction), and forward_tail the identity: the op runs without repeating the checks
+        y, mc, ms = ops.fused.run_checked(x, identity, A(fc1, "weight"), A(fc1, "bias"), A(fc2, "weight"),
+                                          A(fc2, "bias"), A(conv, "weight"), A(conv, "bias"), *bn_args,
+                                          A(self, "spatial").pool_order == "max_avg")
         return y, mc, ms  # the op's backward refuses create_graph=True, naming impl="reference"
 
     def _reference(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

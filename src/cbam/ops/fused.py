@@ -199,14 +199,28 @@ def fused_cbam_tail_with_gates(
                                  identity.device != x.device):
         raise ValueError(f"the block tail's identity must match x: got {tuple(identity.shape)} {identity.dtype} on "
                          f"{identity.device} for x {tuple(x.shape)} {x.dtype} on {x.device}")
+    return run_checked(x, identity, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight,
+                       bn_bias, bn_running_mean, bn_running_var, bn_training, bn_momentum, bn_eps, use_bn,
+                       order == "max_avg", num_batches_tracked)
+
+
+def run_checked(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor],
+                bn_b: Optional[Tensor], rm: Optional[Tensor], rv: Optional[Tensor], bn_training: bool,
+                bn_momentum: Optional[float], bn_eps: float, use_bn: bool, max_first: bool,
+                num_batches_tracked: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`fused_cbam_tail_with_gates` after its checks, for callers that have made them: a module
+    whose configuration the op covers by construction (:class:`cbam.CBAM` with ``uses_fused``), with
+    ``identity`` None or matching ``x``. Skipping them saves microseconds per call on small layers."""
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     n, c, h, w = x.shape
     # the argmax routes are needed only when a gradient will flow back
-    params = (x, identity, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias)
-    need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    args = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias,
-            bn_running_mean, bn_running_var, use_bn, bn_training, float(bn_eps), order == "max_avg", need_idx, identity)
+    need_idx = torch.is_grad_enabled() and (
+        x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
+        any(t is not None and t.requires_grad for t in (identity, b1, b2, bc, bn_w, bn_b)))
+    args = (x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, bn_training, float(bn_eps), max_first, need_idx,
+            identity)
     # eager calls run the implementation without the custom op's dispatch round trip, which costs several
     # times the kernels of a small layer (inference records no autograd node at all). Compilers,
     # exporters and dispatch modes (FLOP counting, fake tensors) still see the registered op.
@@ -215,9 +229,8 @@ def fused_cbam_tail_with_gates(
         y, mc, ms, bmean, bvar = _EagerFused.apply(*args)
     else:
         y, mc, ms, *_, bmean, bvar, _ = F.forward(kernels_for(x), *args) if eager else _fwd(*args)
-    if use_bn and bn_training and bn_running_mean is not None and bn_running_var is not None:
-        _update_running_stats(bmean, bvar, n * h * w, bn_running_mean, bn_running_var, bn_momentum,
-                              num_batches_tracked)
+    if use_bn and bn_training and rm is not None and rv is not None:
+        _update_running_stats(bmean, bvar, n * h * w, rm, rv, bn_momentum, num_batches_tracked)
     mc = mc.view(n, c, 1, 1)
     return y, (mc if mc.dtype == x.dtype else mc.to(x.dtype)), (ms if ms.dtype == x.dtype else ms.to(x.dtype))
 
