@@ -145,15 +145,8 @@ std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, con
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* xr = xp + (n * C + c) * HW + p0;
           const scalar_t* gr = gp + (n * C + c) * HW + p0;
-          const A w = cp[n * C + c];
-          A dot = 0;
-          _Pragma("omp simd reduction(+:dot)")
-          for (int64_t i = 0; i < len; ++i) {
-            A v = widen<A>(gr[i]) * widen<A>(xr[i]);
-            acc[i] += v * w;
-            dot += v * s[i];
-          }
-          pp[(n * nb + blk) * C + c] = dot;
+          pp[(n * nb + blk) * C + c] =
+              grad_row(gr, static_cast<const scalar_t*>(nullptr), xr, len, cp[n * C + c], s, acc);
         }
         for (int64_t i = 0; i < len; ++i) rp[n * HW + p0 + i] = acc[i];
       }

@@ -105,19 +105,7 @@ struct NCHW {
       for (int64_t i = 0; i < len; ++i) acc[i] = 0;
       for (int64_t c = 0; c < C; ++c) {
         const int64_t r = c * HW + p0;
-        const A wc = mc[c];
-        if constexpr (kGradRow<T, A>) {  // AVX-512 builds; elsewhere discarded uninstantiated
-          dmc[c] += grad_row(g + r, Tail ? o + r : static_cast<const T*>(nullptr), x + r, len, wc, ms + p0, acc);
-          continue;
-        }
-        A dot = 0;
-        _Pragma("omp simd reduction(+:dot)")
-        for (int64_t i = 0; i < len; ++i) {
-          const A v = grad_at<Tail, T, A>(g, o, r + i) * widen<A>(x[r + i]);
-          acc[i] += v * wc;
-          dot += v * ms[p0 + i];
-        }
-        dmc[c] += dot;
+        dmc[c] += grad_row(g + r, Tail ? o + r : static_cast<const T*>(nullptr), x + r, len, mc[c], ms + p0, acc);
       }
       for (int64_t i = 0; i < len; ++i) dms[p0 + i] += acc[i];
     }

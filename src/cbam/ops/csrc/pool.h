@@ -60,15 +60,6 @@ inline A dx_value(A g, A w, A s, A a, A off) { return g * w * s + w * a + off; }
 
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
-// Whether grad_row (pool_avx512.h) runs the NCHW backward's channel rows for storage T, accumulation A.
-template <typename T, typename A>
-constexpr bool kGradRow =
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-    std::is_same_v<A, float> &&
-    (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
-#else
-    false;
-#endif
 
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
 // matching positions, returning at the first chunk that has one: the max is found by a plain max
@@ -120,6 +111,28 @@ inline A dot_row(const T* row, const A* a, int64_t n) {
   _Pragma("omp simd reduction(+:s)")
   for (int64_t i = 0; i < n; ++i) s += widen<A>(row[i]) * a[i];
   return s;
+}
+
+// One channel row of the NCHW backward's first pass over len pixels: with v = g x (g zeroed where the
+// block tail's output o <= 0, when o is given), acc[i] += v[i] wc; returns sum_i v[i] ms[i]. Tail is
+// a compile-time flag: gcc does not vectorise a reduction loop with a conditional load.
+template <bool Tail, typename T, typename A>
+inline A grad_row_t(const T* g, const T* o, const T* x, int64_t len, A wc, const A* ms, A* acc) {
+  A dot = 0;
+  _Pragma("omp simd reduction(+:dot)")
+  for (int64_t i = 0; i < len; ++i) {
+    A gv = widen<A>(g[i]);
+    if constexpr (Tail) gv = widen<A>(o[i]) > A(0) ? gv : A(0);
+    const A v = gv * widen<A>(x[i]);
+    acc[i] += v * wc;
+    dot += v * ms[i];
+  }
+  return dot;
+}
+
+template <typename T, typename A>
+inline A grad_row(const T* g, const T* o, const T* x, int64_t len, A wc, const A* ms, A* acc) {
+  return o ? grad_row_t<true>(g, o, x, len, wc, ms, acc) : grad_row_t<false>(g, o, x, len, wc, ms, acc);
 }
 
 // Over the C channels of x * mc for `len` pixels starting at x0 (= &x[n, 0, p0]; rows HW apart):

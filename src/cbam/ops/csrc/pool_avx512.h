@@ -171,31 +171,26 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
 
 }  // namespace avx512
 
-// One channel row of the backward's first pass (layout.h, NCHW::reduce_t): with v = grad(g, o) x over
-// len pixels, acc[i] += v[i] wc and the return value sum_i v[i] ms[i]. gcc leaves the generic loop
-// scalar for half storage (its widening has a branch there).
+namespace avx512 {
+// grad_row (pool.h) with 16-lane chunks and a masked tail: gcc leaves the generic loop scalar for half
+// storage (its widening has a branch there).
 template <bool Tail, typename T>
-inline float grad_row_t(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms, float* acc) {
+inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms, float* acc) {
   const __m512 w = _mm512_set1_ps(wc), zero = _mm512_setzero_ps();
   __m512 dot = _mm512_setzero_ps();
   auto chunk = [&](int64_t i, __mmask16 k) {
-    __m512 gv = avx512::load_row(g + i, k);
-    if constexpr (Tail) gv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(avx512::load_row(o + i, k), zero, _CMP_GT_OQ), gv);
-    const __m512 v = _mm512_mul_ps(gv, avx512::load_row(x + i, k));
+    __m512 gv = load_row(g + i, k);
+    if constexpr (Tail) gv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load_row(o + i, k), zero, _CMP_GT_OQ), gv);
+    const __m512 v = _mm512_mul_ps(gv, load_row(x + i, k));
     _mm512_mask_storeu_ps(acc + i, k, _mm512_fmadd_ps(v, w, _mm512_maskz_loadu_ps(k, acc + i)));
     dot = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, ms + i), dot);
   };
   int64_t i = 0;
   for (; i + 16 <= len; i += 16) chunk(i, 0xFFFF);
-  if (i < len) chunk(i, avx512::lanes(len - i));
+  if (i < len) chunk(i, lanes(len - i));
   return _mm512_reduce_add_ps(dot);
 }
-
-// o: the block tail's output (the gradient masked where o <= 0), or null.
-template <typename T>
-inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms, float* acc) {
-  return o ? grad_row_t<true>(g, o, x, len, wc, ms, acc) : grad_row_t<false>(g, o, x, len, wc, ms, acc);
-}
+}  // namespace avx512
 
 #define CBAM_AVX512_POOL(T)                                                                                    \
   template <>                                                                                                  \
@@ -207,7 +202,12 @@ inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc,
     avx512::row_pool(row, n, need_idx, avg, mx, idx);                                                          \
   }                                                                                                            \
   template <>                                                                                                  \
-  inline float dot_row<T, float>(const T* row, const float* a, int64_t n) { return avx512::dot_row(row, a, n); }
+  inline float dot_row<T, float>(const T* row, const float* a, int64_t n) { return avx512::dot_row(row, a, n); } \
+  template <>                                                                                                  \
+  inline float grad_row<T, float>(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms,   \
+                                  float* acc) {                                                                \
+    return o ? avx512::grad_row<true>(g, o, x, len, wc, ms, acc) : avx512::grad_row<false>(g, o, x, len, wc, ms, acc); \
+  }
 #define CBAM_AVX512_SPATIAL(T)                                                                                 \
   template <>                                                                                                  \
   inline void spatial_block<T, float>(const T* x0, int64_t C, int64_t HW, int64_t len, const float* mc,        \
