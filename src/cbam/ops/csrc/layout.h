@@ -88,16 +88,10 @@ struct NCHW {
     }
   }
 
-  // dmc[c] += sum_p g x ms[p];  dms[p] += sum_c g x mc[c]  (one read of g and x).
+  // dmc[c] += sum_p g x ms[p];  dms[p] += sum_c g x mc[c]  (one read of g and x; g masked by o > 0
+  // where the block tail's output o is given).
   template <typename T, typename A>
   static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
-                     A* dms, Scratch<A>& w) {
-    if (o) reduce_t<true>(g, o, x, C, HW, mc, ms, dmc, dms, w);
-    else reduce_t<false>(g, o, x, C, HW, mc, ms, dmc, dms, w);
-  }
-
-  template <bool Tail, typename T, typename A>
-  static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& w) {
     A* acc = w.s.data();
     for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
@@ -105,7 +99,7 @@ struct NCHW {
       for (int64_t i = 0; i < len; ++i) acc[i] = 0;
       for (int64_t c = 0; c < C; ++c) {
         const int64_t r = c * HW + p0;
-        dmc[c] += grad_row(g + r, Tail ? o + r : static_cast<const T*>(nullptr), x + r, len, mc[c], ms + p0, acc);
+        dmc[c] += grad_row(g + r, o ? o + r : nullptr, x + r, len, mc[c], ms + p0, acc);
       }
       for (int64_t i = 0; i < len; ++i) dms[p0 + i] += acc[i];
     }

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 
 namespace cbam_cpu {
 
@@ -60,7 +59,6 @@ inline A dx_value(A g, A w, A s, A a, A off) { return g * w * s + w * a + off; }
 
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
-
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the
 // matching positions, returning at the first chunk that has one: the max is found by a plain max
 // reduction (as fast as a sum) and its first position by this scan, instead of a compare-and-blend
@@ -102,7 +100,6 @@ inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int3
   *mx = m;
   if (need_idx) *idx = first_equal(row, n, m);
 }
-
 
 // sum_i row[i] a[i] over one row of n values.
 template <typename T, typename A>

@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
