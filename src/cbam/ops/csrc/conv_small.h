@@ -2,8 +2,9 @@
 // its two gradients, and the gate's sigmoid. Generic loops for every accumulation type, and AVX-512
 // float versions: the generic conv keeps one 16-lane accumulator per output block, so its k^2 * 2
 // multiply-adds form one dependency chain (latency-bound: ~30 % of a 16-channel 28x28 ResNet
-// sample's fused forward); the AVX-512 conv keeps kRows rows of outputs (and the weight gradient
-// up to 8 taps) in independent registers. glibc's expf is scalar: the AVX-512 sigmoid is a
+// sample's fused forward); the AVX-512 conv keeps 8 blocks of outputs (kRows rows of two column
+// blocks, or of two kernels in the backward's adjoint) and the weight gradient up to 8 taps in
+// independent registers. glibc's expf is scalar: the AVX-512 sigmoid is a
 // polynomial exp scaled by 2^n (vscalefps), within 2 ulp of expf. conv_avx2.h does the same with
 // 8-lane vectors where AVX-512 is absent.
 #pragma once
@@ -29,6 +30,7 @@ inline void sigmoid_affine(A* u, int64_t n, A sc, A sh) {
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
 constexpr int64_t kRows = 4;    // output rows per register block (AVX-512 conv)
+constexpr int64_t kMaxTaps = 81;  // k <= 9 keeps the flipped kernels on the stack (larger k: the heap)
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t kGradLanes = 8;   // du's row padding in the weight gradient: AVX2 loads 8 wide (7 -> 8, not 16)
 #else
@@ -73,6 +75,13 @@ inline void correlate(const A* P, int64_t ch, int64_t Hp, int64_t Wp, const A* w
       const int64_t n = std::min(kLanes, W - x0);
       for (int64_t l = 0; l < n; ++l) out[y * W + x0 + l] = acc[l];
     }
+}
+
+// Two outputs from one padded input channel: out[s] = correlate(P, w + s k^2), s = 0, 1 (out[1] at out + H W).
+template <typename A>
+inline void correlate_pair(const A* P, int64_t Hp, int64_t Wp, const A* w, int64_t k, int64_t H, int64_t W, A* out) {
+  correlate(P, 1, Hp, Wp, w, k, H, W, A(0), out);
+  correlate(P, 1, Hp, Wp, w + k * k, k, H, W, A(0), out + H * W);
 }
 
 // The kernel's gradient over a padded (2, Hp, Wp) map P: dw[ci, dy, dx] = sum_{y,x} d[y, x] P[ci, y+dy, x+dx],
@@ -169,42 +178,97 @@ inline void sigmoid_affine<float>(float* u, int64_t n, float sc, float sh) {
   }
 }
 
-// kRows x 16 outputs per register block: input row y0 + j of channel ci feeds output row y0 + r through
-// the kernel row dy = j - r, so each 16-wide load serves up to kRows independent accumulators.
+// One register block of the AVX-512 conv, 16-lane column blocks from x0: input row y0 + j feeds output
+// row y0 + r through the kernel row j - r, so each load serves every row of the block. Eight independent
+// accumulators keep both FMA pipes busy (four chains of 4-cycle FMAs fill one; 1.6x on a 28x28 map):
+// Mode::wide takes 4 rows of two column blocks, Mode::pair 4 rows of one block for two kernels (w and
+// w + k^2, into out and out + H W) from each load of one input channel. Mode::narrow, 4 rows of one
+// block, is the rest (8 rows of one block, sharing each load more, measured slower).
+enum class Mode { narrow, wide, pair, split };
+
+template <Mode M, int K>  // K > 0: the kernel size at compile time (dx unrolled, constant offsets: 1.7x)
+inline void correlate_block(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k_,
+                            int64_t H, int64_t W, float bias, int64_t y0, int64_t x0, float* out) {
+  static_assert(kRows == 4, "a0-a3 and b0-b3 name the blocks' rows");
+  const int64_t k = K > 0 ? K : k_;
+  // named registers, not arrays: gcc kept conditionally updated __m512 arrays on the stack (2x slower)
+  __m512 a0 = _mm512_set1_ps(bias), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  if constexpr (M == Mode::split) b0 = b1 = b2 = b3 = _mm512_setzero_ps();
+  for (int64_t ci = 0; ci < ch; ci += M == Mode::split ? 2 : 1) {
+    const float *wa = w + ci * k * k, *wb = M == Mode::split ? wa + k * k : w + k * k;  // pair: kernel 2
+    for (int64_t j = 0; j < kRows + k - 1; ++j) {
+      const float* src = P + (ci * Hp + y0 + j) * Wp + x0;
+      const int64_t d0 = j, d1 = j - 1, d2 = j - 2, d3 = j - 3;  // the kernel row feeding output row r
+      const bool u0 = d0 < k, u1 = d1 >= 0 && d1 < k, u2 = d2 >= 0 && d2 < k, u3 = d3 >= 0 && d3 < k;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        const __m512 v = _mm512_loadu_ps(src + dx);
+        const __m512 u = M == Mode::wide ? _mm512_loadu_ps(src + kLanes + dx)
+                                         : M == Mode::split ? _mm512_loadu_ps(src + Hp * Wp + dx) : v;
+#define CBAM_ROW(r)                                                                                 \
+  if (u##r) {                                                                                       \
+    const __m512 q = _mm512_set1_ps(wa[d##r * k + dx]);                                             \
+    a##r = _mm512_fmadd_ps(q, v, a##r);                                                             \
+    if constexpr (M == Mode::wide) b##r = _mm512_fmadd_ps(q, u, b##r);                              \
+    if constexpr (M == Mode::pair) b##r = _mm512_fmadd_ps(_mm512_set1_ps(wb[d##r * k + dx]), v, b##r); \
+    if constexpr (M == Mode::split) b##r = _mm512_fmadd_ps(_mm512_set1_ps(wb[d##r * k + dx]), u, b##r); \
+  }
+        CBAM_ROW(0) CBAM_ROW(1) CBAM_ROW(2) CBAM_ROW(3)
+#undef CBAM_ROW
+      }
+    }
+  }
+  const __m512 A[4] = {a0, a1, a2, a3}, B[4] = {b0, b1, b2, b3};
+  auto mask = [&](int64_t from) {
+    const int64_t n = std::min(kLanes, W - from);
+    return n == kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+  };
+  const __mmask16 m0 = mask(x0), m1 = M == Mode::wide ? mask(x0 + kLanes) : m0;
+  for (int64_t r = 0; r < std::min(kRows, H - y0); ++r) {
+    float* o = out + (y0 + r) * W + x0;
+    _mm512_mask_storeu_ps(o, m0, M == Mode::split ? _mm512_add_ps(A[r], B[r]) : A[r]);
+    if constexpr (M == Mode::wide) _mm512_mask_storeu_ps(o + kLanes, m1, B[r]);
+    if constexpr (M == Mode::pair) _mm512_mask_storeu_ps(o + H * W, m0, B[r]);
+  }
+}
+
+// Blocks of two columns (Pair: for each kernel in turn), then the last single column block (Pair: both
+// kernels from each load).
+template <bool Pair, int K>
+inline void correlate_blocks_k(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k,
+                               int64_t H, int64_t W, float bias, float* out) {
+  int64_t x0 = 0;
+  for (; x0 + kLanes < W; x0 += 2 * kLanes)
+    for (int64_t y0 = 0; y0 < H; y0 += kRows) {
+      correlate_block<Mode::wide, K>(P, ch, Hp, Wp, w, k, H, W, bias, y0, x0, out);
+      if (Pair) correlate_block<Mode::wide, K>(P, ch, Hp, Wp, w + k * k, k, H, W, bias, y0, x0, out + H * W);
+    }
+  if (x0 >= W) return;
+  for (int64_t y0 = 0; y0 < H; y0 += kRows) {
+    if (Pair) correlate_block<Mode::pair, K>(P, ch, Hp, Wp, w, k, H, W, bias, y0, x0, out);
+    else if (ch % 2 == 0) correlate_block<Mode::split, K>(P, ch, Hp, Wp, w, k, H, W, bias, y0, x0, out);
+    else correlate_block<Mode::narrow, K>(P, ch, Hp, Wp, w, k, H, W, bias, y0, x0, out);
+  }
+}
+
+// The paper's k = 7 and the common k = 3 with the kernel size at compile time; others at run time.
+template <bool Pair>
+inline void correlate_blocks(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k, int64_t H,
+                             int64_t W, float bias, float* out) {
+  if (k == 7) correlate_blocks_k<Pair, 7>(P, ch, Hp, Wp, w, k, H, W, bias, out);
+  else if (k == 3) correlate_blocks_k<Pair, 3>(P, ch, Hp, Wp, w, k, H, W, bias, out);
+  else correlate_blocks_k<Pair, 0>(P, ch, Hp, Wp, w, k, H, W, bias, out);
+}
+
 template <>
 inline void correlate<float>(const float* P, int64_t ch, int64_t Hp, int64_t Wp, const float* w, int64_t k,
                              int64_t H, int64_t W, float bias, float* out) {
-  static_assert(kRows == 4, "the register block below names four rows");
-  for (int64_t y0 = 0; y0 < H; y0 += kRows) {
-    const int64_t rows = std::min(kRows, H - y0);
-    for (int64_t x0 = 0; x0 < W; x0 += kLanes) {
-      __m512 a0 = _mm512_set1_ps(bias), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t ci = 0; ci < ch; ++ci) {
-        const float* wc = w + ci * k * k;
-        for (int64_t j = 0; j < kRows + k - 1; ++j) {
-          const float* src = P + (ci * Hp + y0 + j) * Wp + x0;
-          const float* w0 = j < k ? wc + j * k : nullptr;
-          const float* w1 = j >= 1 && j - 1 < k ? wc + (j - 1) * k : nullptr;
-          const float* w2 = j >= 2 && j - 2 < k ? wc + (j - 2) * k : nullptr;
-          const float* w3 = j >= 3 && j - 3 < k ? wc + (j - 3) * k : nullptr;
-          for (int64_t dx = 0; dx < k; ++dx) {
-            const __m512 v = _mm512_loadu_ps(src + dx);
-            if (w0) a0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[dx]), v, a0);
-            if (w1) a1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[dx]), v, a1);
-            if (w2) a2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[dx]), v, a2);
-            if (w3) a3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[dx]), v, a3);
-          }
-        }
-      }
-      const int64_t n = std::min(kLanes, W - x0);
-      const __mmask16 m = n == kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-      float* o = out + y0 * W + x0;
-      _mm512_mask_storeu_ps(o, m, a0);
-      if (rows > 1) _mm512_mask_storeu_ps(o + W, m, a1);
-      if (rows > 2) _mm512_mask_storeu_ps(o + 2 * W, m, a2);
-      if (rows > 3) _mm512_mask_storeu_ps(o + 3 * W, m, a3);
-    }
-  }
+  correlate_blocks<false>(P, ch, Hp, Wp, w, k, H, W, bias, out);
+}
+
+template <>
+inline void correlate_pair<float>(const float* P, int64_t Hp, int64_t Wp, const float* w, int64_t k, int64_t H,
+                                  int64_t W, float* out) {
+  correlate_blocks<true>(P, 1, Hp, Wp, w, k, H, W, 0.0f, out);
 }
 
 struct Zmm {
@@ -249,11 +313,12 @@ inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, i
                              std::vector<A>& buf) {
   int64_t Hp, Wp;
   pad_map(dout, 1, H, W, k, buf, Hp, Wp);
-  std::vector<A> flipped(k * k);
-  for (int64_t ci = 0; ci < 2; ++ci) {
-    for (int64_t i = 0; i < k * k; ++i) flipped[i] = wc[ci * k * k + k * k - 1 - i];
-    correlate(buf.data(), 1, Hp, Wp, flipped.data(), k, H, W, A(0), din + ci * H * W);
-  }
+  A flipped[2 * kMaxTaps];
+  std::vector<A> big;
+  A* f = 2 * k * k <= 2 * kMaxTaps ? flipped : (big.resize(2 * k * k), big.data());
+  for (int64_t ci = 0; ci < 2; ++ci)
+    for (int64_t i = 0; i < k * k; ++i) f[ci * k * k + i] = wc[ci * k * k + k * k - 1 - i];
+  correlate_pair(buf.data(), Hp, Wp, f, k, H, W, din);
 }
 
 }  // namespace sample
