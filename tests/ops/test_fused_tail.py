@@ -272,3 +272,30 @@ def test_identity_on_another_device_or_dtype_is_refused():
         fused_cbam_tail(x, torch.randn(2, 8, 4, 4, dtype=torch.float64), **_weights(m))
     with pytest.raises(ValueError, match="identity must match x"):
         fused_cbam_tail(x, torch.randn(2, 8, 4, 5), **_weights(m))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_module_weights(train):
+    """model.to(memory_format=channels_last) also makes the spatial conv's (1, 2, k, k) weight
+    channels_last; the kernels take it in that layout: the fused tail's values and every gradient
+    (the conv weight's included) equal the reference module's with the same weights."""
+    _cpp()
+    torch.manual_seed(5)
+    ref = randomize_(cbam.CBAM(16, impl="reference")).double()
+    fused = cbam.CBAM(16, impl="fused").double()
+    fused.load_state_dict(ref.state_dict())
+    fused = fused.to(memory_format=torch.channels_last)
+    wc = fused.spatial.conv.weight
+    assert not wc.is_contiguous() and wc.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 16, 9, 11, dtype=torch.float64).to(memory_format=torch.channels_last)
+    ident = torch.randn_like(x)
+    outs = []
+    for m in (ref, fused):
+        m.train(train)
+        xx, ii = x.clone().requires_grad_(), ident.clone().requires_grad_()
+        y = m.forward_tail(xx, ii)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+        outs.append([y.detach(), xx.grad, ii.grad] + [p.grad for p in m.parameters()])
+    assert FW.backend_name(x) == "cpp"
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _forward as F
-from ._forward import acc_arg, empty_arg, kernels_for, memory_format
+from ._forward import acc_arg, conv_arg, empty_arg, kernels_for, memory_format
 from ._small import conv_output_grad, mlp_backward, spatial_backward
 
 
@@ -98,7 +98,7 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     ms2, out = d(s.ms).view(n, h * w), (empty_arg(x) if s.out is None else s.out)
     none = empty_arg(x, acc)  # the C++ kernels read an empty gate gradient as zero
     gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
-    weights = (d(s.w1), d(s.b1), d(s.w2), d(s.wc), d(s.sd))
+    weights = (d(s.w1), d(s.b1), d(s.w2), conv_arg(s.wc, acc), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
     if use_bn and training:
         dmc, dms = K.backward_reduce_samples(g, out, x, d(mc), ms2, gmc, gms2)

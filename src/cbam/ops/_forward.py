@@ -128,6 +128,12 @@ def acc_arg(t: Optional[Tensor], x: Tensor, acc: torch.dtype) -> Tensor:
     return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
 
 
+def conv_arg(t: Tensor, acc: torch.dtype) -> Tensor:
+    """The spatial conv's weight for the C++ kernels: in the accumulation dtype, any layout (they copy a
+    channels_last one themselves, for less than a copy from Python costs)."""
+    return t if t.dtype == acc else t.to(acc)
+
+
 def no_idx(x: Tensor) -> Tensor:
     return x.new_empty(0, dtype=torch.int32)
 
@@ -177,7 +183,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     # the kernel returns ms as (N, 1, H, W), and zeros for the BN statistics (tensor calls cost
     # microseconds each from Python, which a small layer's kernels do not)
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, bmean, bvar = K.forward_samples(
-        x, cast(w1), cast(b1), cast(w2), cast(b2), cast(wc), 0.0 if bc is None else float(bc), scale, shift,
+        x, cast(w1), cast(b1), cast(w2), cast(b2), conv_arg(wc, acc), 0.0 if bc is None else float(bc), scale, shift,
         max_first, need_idx, not bn_train, mlp_group(x, w1), ident)
     if use_bn and not training:
         bmean, bvar = rm.to(acc).reshape(1).clone(), rv.to(acc).reshape(1).clone()

@@ -63,9 +63,13 @@ void check_weights(const at::Tensor& w1, const at::Tensor& b1, const at::Tensor&
   check_small(wc, {2, k, k}, acc, "wc", fn);
 }
 
-// The conv weight as (2, k, k): the module's (1, 2, k, k) is taken as it is (a view here costs less
-// than one from Python per call).
-at::Tensor conv_weight(const at::Tensor& wc) { return wc.dim() == 4 && wc.size(0) == 1 ? wc[0] : wc; }
+// The conv weight as a contiguous (2, k, k): the module's (1, 2, k, k) is taken as it is (a view here
+// costs less than one from Python per call), in any layout: model.to(memory_format=channels_last)
+// makes it channels_last, and the copy here costs less than one from Python.
+at::Tensor conv_weight(const at::Tensor& wc) {
+  const at::Tensor w = wc.dim() == 4 && wc.size(0) == 1 ? wc[0] : wc;
+  return w.is_contiguous() ? w : w.contiguous();
+}
 
 template <typename A>
 const A* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr<A>() : nullptr; }
