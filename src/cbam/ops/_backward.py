@@ -140,8 +140,9 @@ def _grads_out(dx: Tensor, dw1: Tensor, db1: Optional[Tensor], dw2: Tensor, db2:
                s: Saved, use_bn: bool, fill: bool) -> List[Optional[Tensor]]:
     # fill: a fresh empty each, as a custom op's outputs may not alias
     e = (lambda: s.wc.new_empty(0)) if fill else (lambda: None)  # noqa: E731
-    cast = lambda t, ref: e() if ref is None else t.to(ref.dtype)  # noqa: E731
+    # contiguous weight gradients, as the op's fake promises (AccumulateGrad lays .grad out like the weight)
+    cast = lambda t, ref: e() if ref is None else t.to(ref.dtype).contiguous()  # noqa: E731
     bn = use_bn and s.bn_w is not None
-    return [dx, dw1.to(s.w1.dtype), cast(db1, s.b1), dw2.to(s.w2.dtype), cast(db2, s.b2), dwc.to(s.wc.dtype),
+    return [dx, cast(dw1, s.w1), cast(db1, s.b1), cast(dw2, s.w2), cast(db2, s.b2), cast(dwc, s.wc),
             cast(dbc, s.bc), cast(dbn_w, s.bn_w) if bn else e(), cast(dbn_b, s.bn_w) if bn else e(),
             d_id if d_id is not None or not fill else s.x.new_empty(0)]

@@ -73,11 +73,14 @@ def _bwd(gy: Tensor, gmc: Tensor, gms: Tensor, x: Tensor, out: Optional[Tensor],
 @_bwd.register_fake
 def _bwd_fake(gy, gmc, gms, x, out, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre, w1, b1, w2, b2, wc,
               bc, bn_w, use_bn, training, eps, max_first):
-    e = wc.new_empty(0)
-    like = lambda t: e if t is None else torch.empty_like(t)  # noqa: E731
+    # as the real op: a fresh empty for each absent gradient (outputs must not alias), and contiguous weight
+    # gradients whatever the weights' layout (channels_last conv weights; inductor asserts the strides)
+    e = lambda: wc.new_empty(0)  # noqa: E731
+    like = lambda t: e() if t is None else t.new_empty(t.shape)  # noqa: E731
     bn = use_bn and bn_w is not None
     return [torch.empty_like(x), like(w1), like(b1), like(w2), like(b2), like(wc), like(bc),
-            like(bn_w) if bn else e, like(bn_w) if bn else e, x.new_empty(0) if out is None else torch.empty_like(x)]
+            like(bn_w) if bn else e(), like(bn_w) if bn else e(),
+            x.new_empty(0) if out is None else torch.empty_like(x)]
 
 
 def _setup(ctx, inputs, output):
