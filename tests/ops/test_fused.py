@@ -291,9 +291,9 @@ def test_autocast_bf16_training_matches_reference(monkeypatch, kernels, layout, 
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_backward_op_fake_matches_real_for_channels_last_weights(layout):
-    """model.to(memory_format=channels_last) makes the conv weight channels_last: the backward op's
-    fake (what torch.compile plans with) must give its gradients the strides the real op returns,
+def test_ops_fake_match_real_for_channels_last_weights(layout):
+    """model.to(memory_format=channels_last) makes the conv weight channels_last: the ops' fakes
+    (what torch.compile plans with) must give their outputs the strides the real ops return,
     or inductor's stride assertions stop a compiled training step."""
     m = randomize_(cbam.CBAM(16, impl="fused")).to(memory_format=torch.channels_last)
     ch, sp = m.channel, m.spatial
@@ -301,6 +301,7 @@ def test_backward_op_fake_matches_real_for_channels_last_weights(layout):
     ident = torch.randn_like(x)
     args = (x, ch.fc1.weight.detach(), None, ch.fc2.weight.detach(), None, sp.conv.weight.detach(), None, None, None,
             None, None, False, False, 1e-5, False, True, ident)
+    torch.library.opcheck(torch.ops.cbam.fused_cbam_fwd.default, args, test_utils=("test_faketensor",))
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre = torch.ops.cbam.fused_cbam_fwd.default(*args)
     bwd_args = (torch.randn_like(y), torch.zeros_like(mc), torch.zeros_like(ms), x, y, mc, ms, p_avg, p_max, idx_c,
                 sd, idx_s, bmean, bvar, pre, args[1], None, args[3], None, args[5], None, None, False, False, 1e-5,
