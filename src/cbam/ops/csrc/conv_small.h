@@ -30,7 +30,6 @@ inline void sigmoid_affine(A* u, int64_t n, A sc, A sh) {
 
 constexpr int64_t kLanes = 16;  // outputs per register block of the k x k conv
 constexpr int64_t kRows = 4;    // output rows per register block (AVX-512 conv)
-constexpr int64_t kMaxTaps = 81;  // k <= 9 keeps the flipped kernels on the stack (larger k: the heap)
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t kGradLanes = 8;   // du's row padding in the weight gradient: AVX2 loads 8 wide (7 -> 8, not 16)
 #else
@@ -181,9 +180,10 @@ inline void sigmoid_affine<float>(float* u, int64_t n, float sc, float sh) {
 // One register block of the AVX-512 conv, 16-lane column blocks from x0: input row y0 + j feeds output
 // row y0 + r through the kernel row j - r, so each load serves every row of the block. Eight independent
 // accumulators keep both FMA pipes busy (four chains of 4-cycle FMAs fill one; 1.6x on a 28x28 map):
-// Mode::wide takes 4 rows of two column blocks, Mode::pair 4 rows of one block for two kernels (w and
-// w + k^2, into out and out + H W) from each load of one input channel. Mode::narrow, 4 rows of one
-// block, is the rest (8 rows of one block, sharing each load more, measured slower).
+// Mode::wide takes 4 rows of two column blocks; on a last single block, Mode::split keeps two input
+// channels' sums apart (added at the store) and Mode::pair forms two kernels' outputs (w and w + k^2,
+// into out and out + H W) from each load of one input channel. Mode::narrow, 4 rows of one block, is
+// the rest (8 rows of one block, sharing each load more, measured slower).
 enum class Mode { narrow, wide, pair, split };
 
 template <Mode M, int K>  // K > 0: the kernel size at compile time (dx unrolled, constant offsets: 1.7x)
@@ -313,9 +313,8 @@ inline void conv_kxk_adjoint(const A* dout, int64_t H, int64_t W, const A* wc, i
                              std::vector<A>& buf) {
   int64_t Hp, Wp;
   pad_map(dout, 1, H, W, k, buf, Hp, Wp);
-  A flipped[2 * kMaxTaps];
-  std::vector<A> big;
-  A* f = 2 * k * k <= 2 * kMaxTaps ? flipped : (big.resize(2 * k * k), big.data());
+  std::vector<A> flipped(2 * k * k);
+  A* f = flipped.data();
   for (int64_t ci = 0; ci < 2; ++ci)
     for (int64_t i = 0; i < k * k; ++i) f[ci * k * k + i] = wc[ci * k * k + k * k - 1 - i];
   correlate_pair(buf.data(), Hp, Wp, f, k, H, W, din);
