@@ -56,6 +56,7 @@ def _inject_llc(monkeypatch, per_thread: int) -> int:
     """Sets the last-level cache the heuristics see (not the host's: its size varies by CPU)."""
     threads = torch.get_num_threads()
     monkeypatch.setenv("CBAM_LLC_BYTES", str(per_thread * threads))
+    monkeypatch.setattr(FW, "_LLC", {})  # the heuristics read it once per thread count
     return threads
 
 

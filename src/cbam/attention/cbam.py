@@ -4,6 +4,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as M
 
 from .. import ops
 from ._base import LayerSpec, check_channels, check_dims, check_input, either, exporting, module_attr
@@ -174,7 +175,35 @@ class CBAM(nn.Module):
         ms = sp.compute_gate(x1)
         return x1 * ms, mc, ms
 
+    @torch.jit.unused
+    def _eager_fused(self, x: Tensor, identity: Optional[Tensor]) -> Optional[Tensor]:
+        """The fused op's ``y`` (or block tail) for the common eager call, through
+        :func:`cbam.ops.fused.run_eager`; None where :meth:`uses_fused` and the general path decide
+        (a reference impl, recorded maps, BatchNorm in the spatial gate, a parametrized weight, hooks
+        on a tail call, an input that the checks would reject). Each attribute is read from the
+        module dicts directly: inside a network these lookups meet cold caches."""
+        if torch.compiler.is_compiling():
+            return None
+        d = self.__dict__
+        if d["impl"] == "reference" or not d["fusable"] or d["record_maps"]:
+            return None
+        mods = d["_modules"]
+        sp = mods["spatial"]
+        if module_attr(sp, "bn") is not None or x.dim() != 4 or x.shape[1] != d["channels"] or x.numel() == 0:
+            return None
+        ch = mods["channel"]._modules
+        p1, p2, pc = ch["fc1"]._parameters, ch["fc2"]._parameters, sp._modules["conv"]._parameters
+        w1, w2, wc = p1.get("weight"), p2.get("weight"), pc.get("weight")
+        if w1 is None or w2 is None or wc is None or (identity is not None and _has_hooks(self)):
+            return None
+        return ops.fused.run_eager(x, identity, w1, p1.get("bias"), w2, p2.get("bias"), wc, pc.get("bias"),
+                                   sp.pool_order == "max_avg")
+
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            y = self._eager_fused(x, None)
+            if y is not None:
+                return y
         check_input(x, self.channels, self.label, self.dims)
         if not torch.jit.is_scripting() and self.uses_fused(x):
             y, mc, ms = self._fused(x, module_attr(self, "spatial").bn_args(x))
@@ -190,6 +219,10 @@ class CBAM(nn.Module):
         on the fused path the op's last pass forms it, so the network reads ``identity`` once instead
         of writing ``self(x)`` and reading it back. Residual blocks call this when the module has it.
         ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
+        if not torch.jit.is_scripting():
+            y = self._eager_fused(x, identity)
+            if y is not None:
+                return y
         if not torch.jit.is_scripting() and self._tail_fusable(x, identity):
             check_input(x, self.channels, self.label, self.dims)
             y, mc, ms = self._fused(x, module_attr(self, "spatial").bn_args(x), identity)
@@ -212,7 +245,6 @@ class CBAM(nn.Module):
 
 def _has_hooks(m: nn.Module) -> bool:
     """Whether calling ``m`` would run hooks: its own forward/backward hooks or global module hooks."""
-    from torch.nn.modules import module as M
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks
                 or M._global_backward_pre_hooks)

@@ -18,10 +18,18 @@ from . import _torch_kernels as TK
 from ._small import mlp_forward, spatial_forward
 
 
+_LLC: Dict[int, int] = {}
+
+
 def _llc_bytes(threads: int) -> int:
     """The last-level cache that ``threads`` threads can count on (their share of it, see
-    :func:`._cpuinfo.llc_bytes`): decides whether a sample stays cached between passes."""
-    return _cpuinfo.llc_bytes(threads)
+    :func:`._cpuinfo.llc_bytes`): decides whether a sample stays cached between passes. Read once per
+    thread count (``CBAM_LLC_BYTES`` included): reading the environment took about 7 us a call with
+    the cold caches a layer meets inside a network."""
+    b = _LLC.get(threads)
+    if b is None:
+        b = _LLC[threads] = _cpuinfo.llc_bytes(threads)
+    return b
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
@@ -48,7 +56,7 @@ SMALL_SAMPLE = 1 << 19
 def kernels_for(x: Tensor) -> ModuleType:
     """The kernel set that runs for ``x``: C++ (CPU, NCHW or channels_last), Triton (CUDA NCHW, up to
     float32) or torch."""
-    if x.device.type == "cpu" and (x.is_contiguous() or _per_sample_nhwc(x)):
+    if x.device.type == "cpu" and (x.is_contiguous() or per_sample_nhwc(x)):
         # while torch.compile traces a module, only kernels built already count (a build is no graph op)
         mod = _cpu.loaded() if torch.compiler.is_compiling() else _cpu.load()
         if mod is not None:
@@ -60,7 +68,7 @@ def kernels_for(x: Tensor) -> ModuleType:
     return TK
 
 
-def _per_sample_nhwc(x: Tensor) -> bool:
+def per_sample_nhwc(x: Tensor) -> bool:
     """channels_last has only per-sample C++ kernels, whose threads take whole samples: with fewer
     samples than threads only a small sample (:data:`SMALL_SAMPLE`) is left to them."""
     return x.is_contiguous(memory_format=torch.channels_last) and (
@@ -143,7 +151,7 @@ def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tens
             rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool, need_idx: bool = True,
             identity: Optional[Tensor] = None) -> List[Tensor]:
     """-> [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bn mean, bn var, MLP pre-activations]."""
-    if torch.is_autocast_enabled(x.device.type):
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type):
         # the op reads x in its own dtype and keeps its small math in float32; under autocast the torch
         # kernels' matmuls would round the MLP to bf16/fp16, and the backward would meet mixed dtypes
         with torch.autocast(x.device.type, enabled=False):

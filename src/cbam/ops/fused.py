@@ -19,9 +19,9 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _backward as B
+from . import _cpu
 from . import _forward as F
 from . import _torch_kernels as TK
 from ._forward import backend_name, kernels_for
@@ -119,7 +119,7 @@ def _input_grads(saved: Tuple[Tensor, ...], flags: Tuple, gy: Optional[Tensor], 
     x, out, mc, ms = saved[:4]
     use_bn, training, eps, max_first = flags
     gy = torch.zeros_like(x) if gy is None else gy
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         gmc = torch.zeros_like(mc) if gmc is None else gmc
         gms = torch.zeros_like(ms) if gms is None else gms
         grads_in = _bwd(gy, gmc, gms, *saved, use_bn, training, eps, max_first)
@@ -227,7 +227,7 @@ def run_checked(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[
     # eager calls run the implementation without the custom op's dispatch round trip, which costs several
     # times the kernels of a small layer (inference records no autograd node at all). Compilers,
     # exporters and dispatch modes (FLOP counting, fake tensors) still see the registered op.
-    eager = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and _get_current_dispatch_mode() is None
+    eager = not torch.compiler.is_compiling() and not torch.jit.is_tracing() and torch._C._len_torch_dispatch_stack() == 0
     if eager and need_idx:
         y, mc, ms, bmean, bvar = _EagerFused.apply(*args)
     else:
@@ -236,6 +236,29 @@ def run_checked(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[
         _update_running_stats(bmean, bvar, n * h * w, rm, rv, bn_momentum, num_batches_tracked)
     mc = mc.view(n, c, 1, 1)
     return y, (mc if mc.dtype == x.dtype else mc.to(x.dtype)), (ms if ms.dtype == x.dtype else ms.to(x.dtype))
+
+
+def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+              b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], max_first: bool) -> Optional[Tensor]:
+    """:func:`run_checked`'s ``y`` for the common call of a module without BatchNorm, in eager mode, in
+    fewer Python steps; None where the call needs :func:`run_checked` (C++ kernels not loaded yet, a
+    compiler, exporter, tracer, dispatch mode or autocast active, a dtype, device or layout the kernels
+    do not take directly, an ``identity`` unlike ``x``). Inside a network every Python step meets caches
+    that the layers before it have flushed and costs several times its warm time: the checks here are
+    C-level calls where one exists."""
+    K = _cpu.loaded()
+    if (K is None or not x.is_cpu or x.dtype not in _FLOAT or torch.compiler.is_compiling()
+            or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack() or torch._C._is_any_autocast_enabled()):
+        return None
+    if not (x.is_contiguous() or F.per_sample_nhwc(x)):
+        return None
+    if identity is not None and (identity.shape != x.shape or identity.dtype != x.dtype or not identity.is_cpu):
+        return None
+    args = (x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, True, identity)
+    if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
+                                    any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
+        return _EagerFused.apply(*args)[0]
+    return F.forward(K, *args[:15], False, identity)[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],
