@@ -3,6 +3,7 @@ plain eager calls, equal to the reference there, and left for the general path w
 path has something to do (recorded maps, BatchNorm, hooks, autocast, dispatch modes, parametrized
 weights, bad input)."""
 import sys
+import warnings
 
 import pytest
 import torch
@@ -136,3 +137,13 @@ def test_onnx_flags_are_read(monkeypatch):
     monkeypatch.setattr(_base, "_ONNX_FLAGS", [])
     monkeypatch.delitem(sys.modules, "torch.onnx")
     assert not _base._in_onnx_export()  # no exporter loaded: none can be running
+
+
+def test_tracing_records_no_warnings():
+    """The short path steps aside before any test a tracer would turn into a constant (TracerWarning)."""
+    m = cbam.CBAM(16, 4).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(m, (x,))
+    torch.testing.assert_close(traced(x), m(x))

@@ -265,8 +265,11 @@ def _in_onnx_export() -> bool:
         try:
             from torch.onnx._internal.exporter import _flags
             from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
-        except ImportError:  # another torch layout: the public function
+        except ImportError:  # another torch layout: the public function, from now on
+            _ONNX_FLAGS.extend((None, None))
             return torch.onnx.is_in_onnx_export()
         _ONNX_FLAGS.extend((_flags, GLOBALS))
     flags, glob = _ONNX_FLAGS
+    if flags is None:
+        return torch.onnx.is_in_onnx_export()
     return bool(glob.in_onnx_export or flags._is_onnx_exporting)

@@ -182,7 +182,7 @@ class CBAM(nn.Module):
         (a reference impl, recorded maps, BatchNorm in the spatial gate, a parametrized weight, hooks
         on a tail call, an input that the checks would reject). Each attribute is read from the
         module dicts directly: inside a network these lookups meet cold caches."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch._C._is_tracing():  # before any test that a tracer would record
             return None
         d = self.__dict__
         if d["impl"] == "reference" or not d["fusable"] or d["record_maps"]:

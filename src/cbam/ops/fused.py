@@ -159,6 +159,24 @@ class _EagerFused(torch.autograd.Function):
         return _input_grads(ctx.saved_tensors, ctx.flags, gy, gmc, gms)
 
 
+class _EagerFusedY(torch.autograd.Function):
+    """:class:`_EagerFused` for :func:`run_eager`: no BatchNorm, and only ``y`` as output, from nine
+    inputs. Autograd's bookkeeping per input and output of a Function call is a large part of a
+    small layer's training step."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, wc, bc, max_first, identity):
+        inputs = (x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, True, identity)
+        outs = F.forward(kernels_for(x), *inputs)
+        _setup(ctx, inputs, outs)
+        return outs[0]
+
+    @staticmethod
+    def backward(ctx, gy):
+        g = _input_grads(ctx.saved_tensors, ctx.flags, gy, None, None)
+        return g[0], g[1], g[2], g[3], g[4], g[5], g[6], None, g[16]
+
+
 def fused_available(x: Tensor, require: bool = False) -> bool:
     """Whether the fused op runs on compiled kernels for ``x`` (what ``impl="auto"`` asks);
     with ``require`` (``impl="fused"``) it only needs a supported dtype/device, and raises otherwise."""
@@ -254,11 +272,11 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
         return None
     if identity is not None and (identity.shape != x.shape or identity.dtype != x.dtype or not identity.is_cpu):
         return None
-    args = (x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, True, identity)
     if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
-        return _EagerFused.apply(*args)[0]
-    return F.forward(K, *args[:15], False, identity)[0]
+        return _EagerFusedY.apply(x, w1, b1, w2, b2, wc, bc, max_first, identity)
+    return F.forward(K, x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, False,
+                     identity)[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],
