@@ -165,16 +165,22 @@ class _EagerFusedY(torch.autograd.Function):
     small layer's training step."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, wc, bc, max_first, identity):
-        inputs = (x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, True, identity)
-        outs = F.forward(kernels_for(x), *inputs)
+    def forward(ctx, K, x, w1, b1, w2, b2, wc, bc, max_first, identity):
+        inputs = _no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, True, identity)
+        outs = F.forward(K, *inputs)
         _setup(ctx, inputs, outs)
         return outs[0]
 
     @staticmethod
     def backward(ctx, gy):
         g = _input_grads(ctx.saved_tensors, ctx.flags, gy, None, None)
-        return g[0], g[1], g[2], g[3], g[4], g[5], g[6], None, g[16]
+        return None, g[0], g[1], g[2], g[3], g[4], g[5], g[6], None, g[16]
+
+
+def _no_bn_args(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], wc: Tensor,
+                bc: Optional[Tensor], max_first: bool, need_idx: bool, identity: Optional[Tensor]) -> Tuple:
+    """The op's 17 arguments for a spatial gate without BatchNorm."""
+    return x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, need_idx, identity
 
 
 def fused_available(x: Tensor, require: bool = False) -> bool:
@@ -274,9 +280,8 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
         return None
     if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
-        return _EagerFusedY.apply(x, w1, b1, w2, b2, wc, bc, max_first, identity)
-    return F.forward(K, x, w1, b1, w2, b2, wc, bc, None, None, None, None, False, False, 1e-5, max_first, False,
-                     identity)[0]
+        return _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
+    return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity))[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],
