@@ -176,7 +176,7 @@ class CBAM(nn.Module):
         return x1 * ms, mc, ms
 
     @torch.jit.unused
-    def _eager_fused(self, x: Tensor, identity: Optional[Tensor]) -> Optional[Tensor]:
+    def _eager_fused(self, x: Tensor, identity: Optional[Tensor], inplace: bool = False) -> Optional[Tensor]:
         """The fused op's ``y`` (or block tail) for the common eager call, through
         :func:`cbam.ops.fused.run_eager`; None where :meth:`uses_fused` and the general path decide
         (a reference impl, recorded maps, BatchNorm in the spatial gate, a parametrized weight, hooks
@@ -197,7 +197,7 @@ class CBAM(nn.Module):
         if w1 is None or w2 is None or wc is None or (identity is not None and _has_hooks(self)):
             return None
         return ops.fused.run_eager(x, identity, w1, p1.get("bias"), w2, p2.get("bias"), wc, pc.get("bias"),
-                                   sp.pool_order == "max_avg")
+                                   sp.pool_order == "max_avg", inplace)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
@@ -214,13 +214,15 @@ class CBAM(nn.Module):
             self.last_spatial_map = ms.detach()
         return y
 
-    def forward_tail(self, x: Tensor, identity: Tensor) -> Tensor:
+    def forward_tail(self, x: Tensor, identity: Tensor, inplace: bool = False) -> Tensor:
         """``relu(self(x) + identity)``, the tail of a residual block whose branch ends in this module:
         on the fused path the op's last pass forms it, so the network reads ``identity`` once instead
         of writing ``self(x)`` and reading it back. Residual blocks call this when the module has it.
-        ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
+        ``inplace=True`` lets the fused path write the result over ``x`` where no gradient is recorded
+        (inference), as ``nn.ReLU(inplace=True)`` does: for a block's own temporary, whose fresh output
+        would otherwise have to be brought into cache. ``(N, C, H, W), (N, C, H, W) -> (N, C, H, W)``."""
         if not torch.jit.is_scripting():
-            y = self._eager_fused(x, identity)
+            y = self._eager_fused(x, identity, inplace)
             if y is not None:
                 return y
         if not torch.jit.is_scripting() and self._tail_fusable(x, identity):

@@ -19,7 +19,8 @@ def _attn(spec: AttentionSpec, channels: int, kwargs: Optional[Dict[str, Any]]) 
 
 class _Tail:
     """A residual block's tail ``relu(attn(out) + identity)``, formed by the attention module's
-    ``forward_tail`` where it has one (CBAM's fused path does it in its last pass)."""
+    ``forward_tail(out, identity, inplace=True)`` where it has one (CBAM's fused path does it in its
+    last pass, and in inference over ``out``, as torchvision's ``out += identity`` does)."""
 
     @torch.jit.unused
     def _attention_tail(self) -> bool:
@@ -53,7 +54,9 @@ class BasicBlock(_Tail, nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
-            return self.attn.forward_tail(out, identity)  # relu(attn(out) + identity) in the attention's last pass
+            # relu(attn(out) + identity) in the attention's last pass, over `out` (this block's own temporary)
+            # where no gradient is recorded
+            return self.attn.forward_tail(out, identity, inplace=True)
         return self.relu(self.attn(out) + identity)
 
 
@@ -83,7 +86,7 @@ class Bottleneck(_Tail, nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
-            return self.attn.forward_tail(out, identity)
+            return self.attn.forward_tail(out, identity, inplace=True)
         return self.relu(self.attn(out) + identity)
 
 

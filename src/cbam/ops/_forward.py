@@ -149,26 +149,29 @@ def no_idx(x: Tensor) -> Tensor:
 def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
             wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor], rm: Optional[Tensor],
             rv: Optional[Tensor], use_bn: bool, training: bool, eps: float, max_first: bool, need_idx: bool = True,
-            identity: Optional[Tensor] = None) -> List[Tensor]:
-    """-> [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bn mean, bn var, MLP pre-activations]."""
+            identity: Optional[Tensor] = None, inplace: bool = False) -> List[Tensor]:
+    """-> [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bn mean, bn var, MLP pre-activations].
+    ``inplace`` (C++ kernels, ``need_idx=False`` only): y may be written over x."""
     if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type):
         # the op reads x in its own dtype and keeps its small math in float32; under autocast the torch
         # kernels' matmuls would round the MLP to bf16/fp16, and the backward would meet mixed dtypes
         with torch.autocast(x.device.type, enabled=False):
             return forward(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
-                           need_idx, identity)
+                           need_idx, identity, inplace)
     n, c, h, w = x.shape
     if identity is not None:
         identity = identity.contiguous(memory_format=memory_format(x))
     if per_sample(K, x):
         return _forward_samples(K, x, w1, b1, w2, b2, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps, max_first,
-                                need_idx, identity)
+                                need_idx, identity, inplace)
     p_avg, p_max, idx_c = K.channel_pool(x)
     mc, pre = mlp_forward(p_avg, p_max, w1, b1, w2, b2)
     s_avg, s_max, idx_s = K.spatial_pool(x, mc, need_idx)
     sd = torch.stack([s_max, s_avg] if max_first else [s_avg, s_max], 1).view(n, 2, h, w)
     ms, bmean, bvar = spatial_forward(sd, wc, bc, bn_w, bn_b, rm, rv, use_bn, training, eps)
-    y = K.apply(x, mc, ms.view(n, h * w), identity)  # with the block tail in the same pass
+    # with the block tail in the same pass; over x only where nothing needs x afterwards
+    y = K.apply(x, mc, ms.view(n, h * w), identity, True) if inplace and not need_idx and hasattr(K, "forward_samples") else \
+        K.apply(x, mc, ms.view(n, h * w), identity)
     if not need_idx:  # inference: the argmax routes and pre-activations are only for backward
         idx_c, idx_s, pre = no_idx(x), no_idx(x), pre.new_empty(0)
     return [y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, bmean, bvar, pre]
@@ -177,7 +180,7 @@ def forward(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tens
 def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                      wc: Tensor, bc: Optional[Tensor], bn_w: Optional[Tensor], bn_b: Optional[Tensor],
                      rm: Optional[Tensor], rv: Optional[Tensor], use_bn: bool, training: bool, eps: float,
-                     max_first: bool, need_idx: bool, identity: Optional[Tensor]) -> List[Tensor]:
+                     max_first: bool, need_idx: bool, identity: Optional[Tensor], inplace: bool = False) -> List[Tensor]:
     """The whole forward per sample in C++ (cbam_sample.cpp); eval-mode BN is folded into the
     conv's output affine, training-mode BN needs the batch statistics before the gate is applied."""
     n, c, h, w = x.shape
@@ -192,7 +195,7 @@ def _forward_samples(K: ModuleType, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     # microseconds each from Python, which a small layer's kernels do not)
     y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, bmean, bvar = K.forward_samples(
         x, cast(w1), cast(b1), cast(w2), cast(b2), conv_arg(wc, acc), 0.0 if bc is None else float(bc), scale, shift,
-        max_first, need_idx, not bn_train, mlp_group(x, w1), ident)
+        max_first, need_idx, not bn_train, mlp_group(x, w1), ident, inplace)
     if use_bn and not training:
         bmean, bvar = rm.to(acc).reshape(1).clone(), rv.to(acc).reshape(1).clone()
     if bn_train:  # the ms slot holds the conv output u

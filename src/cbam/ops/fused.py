@@ -263,13 +263,15 @@ def run_checked(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[
 
 
 def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
-              b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], max_first: bool) -> Optional[Tensor]:
+              b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], max_first: bool,
+              inplace: bool = False) -> Optional[Tensor]:
     """:func:`run_checked`'s ``y`` for the common call of a module without BatchNorm, in eager mode, in
     fewer Python steps; None where the call needs :func:`run_checked` (C++ kernels not loaded yet, a
     compiler, exporter, tracer, dispatch mode or autocast active, a dtype, device or layout the kernels
     do not take directly, an ``identity`` unlike ``x``). Inside a network every Python step meets caches
     that the layers before it have flushed and costs several times its warm time: the checks here are
-    C-level calls where one exists."""
+    C-level calls where one exists. ``inplace``: where no gradient is recorded, ``y`` is written over
+    ``x`` (a block's own temporary: no fresh output to bring into cache), as ``nn.ReLU(inplace=True)``."""
     K = _cpu.loaded()
     if (K is None or not x.is_cpu or x.dtype not in _FLOAT or torch.compiler.is_compiling()
             or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack() or torch._C._is_any_autocast_enabled()):
@@ -281,7 +283,7 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
     if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
         return _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
-    return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity))[0]
+    return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],

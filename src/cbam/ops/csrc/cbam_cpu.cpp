@@ -18,12 +18,14 @@
 #include "layout.h"
 #include "out_cache.h"
 #include "pool.h"
+#include "sample_args.h"
 
 namespace cbam_cpu {
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity);
+                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
+                                        bool inplace);
 at::Tensor apply_samples(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& identity);
 std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                                 const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& gmc,
@@ -97,14 +99,14 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& x, const at::Tensor& mc, 
 // y = x * mc[n, c] * ms[n, p], or with the block tail relu(y + identity) in the same pass (each element
 // rounded once to x's dtype, and y never written and read back).
 at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms,
-                 const c10::optional<at::Tensor>& identity) {
+                 const c10::optional<at::Tensor>& identity, bool inplace) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(), "apply: contiguous NCHW input expected");
   const bool tail = identity.has_value() && identity->defined();
   TORCH_CHECK(!tail || (identity->sizes() == x.sizes() && identity->scalar_type() == x.scalar_type() &&
                         identity->is_contiguous()),
               "apply: identity must be a contiguous NCHW tensor of x's shape ", x.sizes(), " and dtype");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  auto y = cached_empty_like(x);
+  auto y = output_for(x, false, inplace);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -117,6 +119,7 @@ at::Tensor apply(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms
         sample::NCHW::apply(xp + r * HW, 1, HW, cp + r, sp + (r / C) * HW, ip ? ip + r * HW : nullptr, yp + r * HW);
     });
   });
+  mark_written(y, x);
   return y;
 }
 
@@ -233,13 +236,16 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool);
   m.def("spatial_pool", &spatial_pool, py::arg("x"), py::arg("mc"), py::arg("need_idx") = true);
-  m.def("forward_samples", &cbam_cpu::forward_samples);
+  m.def("forward_samples", &cbam_cpu::forward_samples, py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"),
+        py::arg("b2"), py::arg("wc"), py::arg("conv_bias"), py::arg("scale"), py::arg("shift"), py::arg("max_first"),
+        py::arg("need_idx"), py::arg("apply_gate"), py::arg("group"), py::arg("identity"), py::arg("inplace") = false);
   m.def("backward_samples", &cbam_cpu::backward_samples);
   m.def("backward_reduce_samples", &cbam_cpu::backward_reduce_samples);
   m.def("apply_samples", &cbam_cpu::apply_samples);
   m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("mlp_backward", &cbam_cpu::mlp_backward);
-  m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none());
+  m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none(),
+        py::arg("inplace") = false);
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);
   m.def("input_grad", &input_grad);

@@ -190,7 +190,8 @@ void forward_run(Forward<L, T> f, const at::Tensor& p_avg, const at::Tensor& p_m
 std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                         const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc_in,
                                         double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity) {
+                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
+                                        bool inplace) {
   const char* fn = "forward_samples";
   const at::Tensor wc = conv_weight(wc_in);
   check_input(x, fn);
@@ -203,7 +204,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
   const int64_t hid = w1.size(0), k = wc.size(-1);
   auto fo = x.options().dtype(acc);
   auto io = x.options().dtype(at::kInt);
-  auto y = apply_gate ? cached_like(x, nhwc) : at::empty({0}, x.options());
+  auto y = apply_gate ? output_for(x, nhwc, inplace && !need_idx) : at::empty({0}, x.options());
   auto mc = at::empty({N, C}, fo), ms = at::empty({N, 1, H, W}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo);
   auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
@@ -220,6 +221,7 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
        need_idx ? idx_s.data_ptr<int32_t>() : nullptr, static_cast<acc_t<scalar_t>>(conv_bias),
        static_cast<acc_t<scalar_t>>(scale), static_cast<acc_t<scalar_t>>(shift), need_idx, apply_gate},
       p_avg, p_max, w1, w2, group);
+  mark_written(y, x);
   return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, at::zeros({1}, fo), at::zeros({1}, fo)};
 }
 

@@ -20,6 +20,20 @@ at::Tensor cached_like(const at::Tensor& x, bool nhwc) {
   return cached_empty({x.size(0), x.size(2), x.size(3), x.size(1)}, x.scalar_type()).permute({0, 3, 1, 2});
 }
 
+// The forward's output: x itself where the caller allows it (`inplace`, only where no gradient needs x)
+// and torch would allow an in-place op on x (an inference tensor only inside inference mode), else a
+// fresh tensor. The passes that write y are element-wise, so y may alias x (and the identity).
+at::Tensor output_for(const at::Tensor& x, bool nhwc, bool inplace) {
+  if (inplace && (!x.is_inference() || c10::InferenceMode::is_enabled())) return x;
+  return cached_like(x, nhwc);
+}
+
+// After the pass wrote y: an in-place write bumps x's version as torch's in-place ops do, so a graph
+// that saved x fails at backward instead of using the overwritten values.
+void mark_written(const at::Tensor& y, const at::Tensor& x) {
+  if (y.is_same(x)) x.unsafeGetTensorImpl()->bump_version();
+}
+
 void check_input(const at::Tensor& x, const char* fn) {
   TORCH_CHECK(x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)), fn,
               ": a contiguous NCHW or channels_last (N, C, H, W) tensor expected, got sizes ", x.sizes(),
