@@ -282,6 +282,10 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
         return None
     if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
+        # per sample (and an MLP small enough for group 1 and the per-sample backward): a C++ autograd
+        # node, no Python between autograd and the kernels
+        if w1.numel() < 1 << 17 and F.per_sample(K, x):
+            return K.train_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first)
         return _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
     return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]
 

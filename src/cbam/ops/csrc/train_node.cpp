@@ -1,0 +1,108 @@
+// Eager training of the common configuration (no BatchNorm in the spatial gate, per-sample kernels)
+// through a C++ autograd node: the forward and backward call the per-sample kernels with no Python in
+// between. Inside a network every Python step of a layer's call meets caches that the layers before
+// it have flushed (about 1 us per function call, 1-2 us per tensor attribute), and the Python
+// autograd.Function's glue cost about a third of a small layer's kernels. The math is that of the
+// registered op's eager path (fused.py: _EagerFusedY), which the tests hold it equal to.
+#include <torch/extension.h>
+#include <torch/autograd.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <vector>
+
+namespace cbam_cpu {
+std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
+                                        double conv_bias, double scale, double shift, bool max_first,
+                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
+                                        bool inplace);
+std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                         const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                         const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
+                                         const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
+                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
+std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
+                                     const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
+                                     const at::Tensor& w2, const at::Tensor& pre);
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// A weight as the kernels read it: contiguous, in the accumulation dtype; absent -> empty.
+at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc, const at::TensorOptions& o) {
+  if (!t.defined()) return at::empty({0}, o);
+  return t.scalar_type() == acc && t.is_contiguous() ? t : t.to(acc).contiguous();
+}
+
+using Opt = c10::optional<at::Tensor>;
+at::Tensor opt(const Opt& t) { return t.has_value() ? *t : at::Tensor(); }
+
+struct TrainNode : public torch::autograd::Function<TrainNode> {
+  // -> y = cbam(x) (relu(cbam(x) + identity) with an identity); absent biases / identity undefined
+  // (optional tensors: an undefined tensor cannot be a node's input)
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1, const Opt& b1_,
+                            const at::Tensor& w2, const Opt& b2_, const at::Tensor& wc, const Opt& bc_,
+                            const Opt& identity_, bool max_first) {
+    const at::Tensor b1 = opt(b1_), b2 = opt(b2_), bc = opt(bc_), identity = opt(identity_);
+    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const auto o = x.options().dtype(acc);
+    const at::Tensor w1a = as_acc(w1, acc, o), b1a = as_acc(b1, acc, o), w2a = as_acc(w2, acc, o);
+    const at::Tensor wca = wc.scalar_type() == acc ? wc : wc.to(acc);  // any layout: the kernels copy it
+    const double cb = bc.defined() ? bc.item<double>() : 0.0;
+    const at::Tensor ident = identity.defined() ? identity : at::empty({0}, x.options());
+    auto r = forward_samples(x, w1a, b1a, w2a, as_acc(b2, acc, o), wca, cb, 1.0, 0.0, max_first, true, true, 1,
+                             ident, false);
+    // r: y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre; the block output masks the tail's gradient
+    const at::Tensor out = identity.defined() ? r[0] : at::Tensor();
+    ctx->save_for_backward({x, out, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], w1a, b1a, w2a, wca});
+    ctx->saved_data["max_first"] = max_first;
+    ctx->saved_data["b1"] = b1.defined();
+    ctx->saved_data["b2"] = b2.defined();
+    ctx->saved_data["bc"] = bc.defined();
+    ctx->saved_data["tail"] = identity.defined();
+    return r[0];
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "the fused CBAM op has no double backward (backward with create_graph=True); use "
+                "impl=\"reference\" (modules) or cbam.functional for higher-order gradients");
+    // a backward called inside autocast: the float32 math of the forward
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &mc = s[2], &ms = s[3], &p_avg = s[4], &p_max = s[5], &idx_c = s[6], &sd = s[7];
+    const at::Tensor &idx_s = s[8], &pre = s[9], &w1a = s[10], &b1a = s[11], &w2a = s[12], &wca = s[13];
+    const bool tail = ctx->saved_data["tail"].toBool();
+    const int64_t N = x.size(0), HW = x.size(2) * x.size(3);
+    const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+    const at::Tensor g = grads[0].defined() ? grads[0].contiguous(fmt) : at::zeros_like(x);
+    const at::Tensor none = at::empty({0}, mc.options());
+    auto r = backward_samples(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg, p_max,
+                              idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
+                              ctx->saved_data["max_first"].toBool(), none);
+    // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
+    auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
+    at::Tensor dbc;
+    if (ctx->saved_data["bc"].toBool()) dbc = (r[3] * ms.view({N, HW}) * (1 - ms.view({N, HW}))).sum().reshape({1});
+    // gradients in the accumulation dtype: the engine casts each to its input's dtype
+    return {r[0],      m[2], ctx->saved_data["b1"].toBool() ? m[4] : at::Tensor(),
+            m[3],      ctx->saved_data["b2"].toBool() ? m[5] : at::Tensor(),
+            r[4],      dbc,  tail ? r[1] : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+}  // namespace
+
+// The module's training call for a configuration without spatial BatchNorm whose kernels run per
+// sample (fused.py decides): y, or the block tail relu(y + identity), with a C++ autograd node.
+at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
+                         const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
+                         bool max_first) {
+  return TrainNode::apply(x, w1, b1, w2, b2, wc, bc, identity, max_first);
+}
+
+}  // namespace cbam_cpu

@@ -1,0 +1,127 @@
+"""The C++ autograd node of eager training (``train_forward`` in csrc/train_node.cpp): taken for the
+per-sample configurations, equal to the reference in values and every gradient, and as well
+behaved as a built-in op: gradients in each weight's dtype, no double backward (with the fix named),
+backward inside autocast, saved-tensor hooks, retain_graph, a gradient only for what requires one."""
+import pytest
+import torch
+
+import cbam
+from cbam.ops import _cpu
+from tests.helpers import randomize_, rel_err
+
+CL = torch.channels_last
+K = _cpu.load()
+pytestmark = pytest.mark.skipif(K is None, reason="C++ kernels not built here")
+
+
+def _pair(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    m = randomize_(cbam.CBAM(16, 4, **kw)).to(dtype)
+    ref = cbam.CBAM(16, 4, impl="reference", **kw).double()
+    ref.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    return m, ref
+
+
+def _is_node(y):
+    return "TrainNode" in y.grad_fn.name()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("tail", [False, True])
+@pytest.mark.parametrize("kw", [{}, dict(mlp_bias=True, spatial_bias=True, pool_order="max_avg")], ids=["paper", "biases"])
+def test_node_taken_and_equal_to_reference(layout, tail, kw):
+    m, ref = _pair(**kw)
+    x = torch.randn(4, 16, 7, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    ident = torch.randn_like(x).requires_grad_()
+    y = m.forward_tail(x, ident) if tail else m(x)
+    assert _is_node(y) and y.is_contiguous(memory_format=layout)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *([ident] if tail else []), *m.parameters()], g)
+    xr, ir = x.detach().clone().requires_grad_(), ident.detach().clone().requires_grad_()
+    yr = torch.relu(ref(xr) + ir) if tail else ref(xr)
+    want = torch.autograd.grad(yr, [xr, *([ir] if tail else []), *ref.parameters()], g)
+    assert rel_err(y, yr) < 1e-10
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_gradcheck_float64():
+    m, _ = _pair(mlp_bias=True, spatial_bias=True)
+    x = torch.randn(2, 16, 5, 4, dtype=torch.float64, requires_grad=True)
+    ident = torch.randn_like(x, requires_grad=True)
+    ch, conv = m.channel, m.spatial.conv
+    params = [ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, conv.weight, conv.bias]
+
+    def f(x, ident, w1, b1, w2, b2, wc, bc):
+        return K.train_forward(x, w1, b1, w2, b2, wc, bc, ident, False)
+
+    assert torch.autograd.gradcheck(f, (x, ident, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_low_precision_weights_get_gradients_in_their_dtype(dtype):
+    m, ref = _pair(dtype, mlp_bias=True, spatial_bias=True)
+    x = torch.randn(4, 16, 8, 8).to(dtype).requires_grad_()
+    y = m(x)
+    assert _is_node(y)
+    g = torch.randn_like(y)
+    y.backward(g)
+    xr = x.detach().double().requires_grad_()
+    ref(xr).backward(g.double())
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(x.grad, xr.grad) < tol
+    for p, q in zip(m.parameters(), ref.parameters()):
+        assert p.grad.dtype == dtype and p.grad.shape == p.shape
+        assert rel_err(p.grad, q.grad) < tol
+
+
+def test_no_double_backward_names_the_fix():
+    m, _ = _pair()
+    x = torch.randn(2, 16, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    assert _is_node(y)
+    with pytest.raises(RuntimeError, match='impl="reference"'):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
+
+
+def test_backward_inside_autocast_is_float32_math():
+    m, _ = _pair(torch.float32)
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    y = m(x)
+    assert _is_node(y)
+    g = torch.randn_like(y)
+    (want,) = torch.autograd.grad(y, x, g, retain_graph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (got,) = torch.autograd.grad(y, x, g)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_saved_tensor_hooks_and_retain_graph():
+    m, _ = _pair()
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    assert _is_node(y) and len(packed) >= 10  # x, the gates, the pooled descriptors, the routes, the weights
+    (g1,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    (g2,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+
+
+def test_gradient_only_for_what_requires_it():
+    m, ref = _pair()
+    m.requires_grad_(False)
+    m.channel.fc2.weight.requires_grad_(True)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64)  # no input gradient
+    y = m(x)
+    assert _is_node(y)
+    y.square().sum().backward()
+    ref(x).square().sum().backward()
+    assert m.channel.fc1.weight.grad is None and m.spatial.conv.weight.grad is None
+    assert rel_err(m.channel.fc2.weight.grad, ref.channel.fc2.weight.grad) < 1e-10
