@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cbam
 from cbam.attention import _base
 from cbam.ops import _cpu, fused
+from cbam.ops import _forward as FW
 from tests.helpers import randomize_, rel_err
 
 CL = torch.channels_last
@@ -95,13 +96,38 @@ def test_hooks_on_a_tail_call_run(calls):
     assert seen == [x.shape]  # the tail ran as relu(self(x) + identity), through the module call
 
 
-def test_autocast_and_dispatch_modes_take_the_general_path(calls):
+@pytest.mark.parametrize("train", [False, True])
+def test_autocast_takes_the_short_path_per_sample(calls, train):
+    m, _ = _pair()
+    m = m.float()
+    x = torch.randn(4, 16, 6, 6).bfloat16().requires_grad_(train)
+    ident = torch.randn_like(x).requires_grad_(train)
+    outs = []
+    for record in (False, True):  # recorded maps: the general path, with the same kernels
+        m.record_maps = record
+        xx, ii = x.detach().clone().requires_grad_(train), ident.detach().clone().requires_grad_(train)
+        with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m.forward_tail(xx, ii)
+            grads = torch.autograd.grad(y, [xx, ii, *m.parameters()], torch.ones_like(y)) if train else ()
+        outs.append((y, grads))
+    assert calls["ran"] == 1
+    (y, gr), (y_ref, gr_ref) = outs
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for a, b in zip(gr, gr_ref):
+        assert a.dtype == b.dtype and rel_err(a, b) < 1e-6
+
+
+def test_autocast_three_passes_and_dispatch_modes_take_the_general_path(calls, monkeypatch):
     m, _ = _pair()
     m = m.float()
     x = torch.randn(2, 16, 6, 6)
+    monkeypatch.setattr(FW, "_LLC", {})
+    monkeypatch.setenv("CBAM_LLC_BYTES", "1024")  # no sample fits: the batch-wide passes, whose MLP autocast routes
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x.bfloat16())
     assert y.dtype == torch.bfloat16 and calls["ran"] == 0
+    monkeypatch.undo()
     with FlopCounterMode(display=False) as fc:  # a dispatch mode must see the registered op
         m(x)
     assert calls["ran"] == 0 and fc.get_total_flops() > 0

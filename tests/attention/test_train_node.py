@@ -23,7 +23,7 @@ def _pair(dtype=torch.float64, **kw):
 
 
 def _is_node(y):
-    return "TrainNode" in y.grad_fn.name()
+    return y.grad_fn is not None and "TrainNode" in y.grad_fn.name()
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
@@ -125,3 +125,21 @@ def test_gradient_only_for_what_requires_it():
     ref(x).square().sum().backward()
     assert m.channel.fc1.weight.grad is None and m.spatial.conv.weight.grad is None
     assert rel_err(m.channel.fc2.weight.grad, ref.channel.fc2.weight.grad) < 1e-10
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_identity_in_the_other_layout(train):
+    m, ref = _pair()
+    x = torch.randn(4, 16, 6, 5, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_(train)
+    ident = torch.randn(4, 16, 6, 5, dtype=torch.float64).requires_grad_(train)  # NCHW
+    with torch.set_grad_enabled(train):
+        y = m.forward_tail(x, ident)
+    assert _is_node(y) == train and y.is_contiguous(memory_format=CL)
+    xr, ir = x.detach().clone().requires_grad_(train), ident.detach().clone().requires_grad_(train)
+    with torch.set_grad_enabled(train):
+        yr = torch.relu(ref(xr) + ir)
+    assert rel_err(y, yr) < 1e-10
+    if train:
+        g = torch.randn_like(yr)
+        for a, b in zip(torch.autograd.grad(y, [x, ident], g), torch.autograd.grad(yr, [xr, ir], g)):
+            assert rel_err(a, b) < 1e-10

@@ -267,27 +267,38 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
               inplace: bool = False) -> Optional[Tensor]:
     """:func:`run_checked`'s ``y`` for the common call of a module without BatchNorm, in eager mode, in
     fewer Python steps; None where the call needs :func:`run_checked` (C++ kernels not loaded yet, a
-    compiler, exporter, tracer, dispatch mode or autocast active, a dtype, device or layout the kernels
-    do not take directly, an ``identity`` unlike ``x``). Inside a network every Python step meets caches
+    compiler, exporter, tracer or dispatch mode active, a dtype, device or layout the kernels do not take
+    directly, an ``identity`` unlike ``x``, autocast where the kernels would not run per sample).
+    Inside a network every Python step meets caches
     that the layers before it have flushed and costs several times its warm time: the checks here are
     C-level calls where one exists. ``inplace``: where no gradient is recorded, ``y`` is written over
     ``x`` (a block's own temporary: no fresh output to bring into cache), as ``nn.ReLU(inplace=True)``."""
     K = _cpu.loaded()
     if (K is None or not x.is_cpu or x.dtype not in _FLOAT or torch.compiler.is_compiling()
-            or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack() or torch._C._is_any_autocast_enabled()):
+            or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack()):
         return None
     if not (x.is_contiguous() or F.per_sample_nhwc(x)):
         return None
-    if identity is not None and (identity.shape != x.shape or identity.dtype != x.dtype or not identity.is_cpu):
-        return None
+    if identity is not None:
+        if identity.shape != x.shape or identity.dtype != x.dtype or not identity.is_cpu:
+            return None
+        fmt = F.memory_format(x)  # the kernels read the identity in x's layout
+        if not identity.is_contiguous(memory_format=fmt):
+            identity = identity.contiguous(memory_format=fmt)
     if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad or wc.requires_grad or
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
         # per sample (and an MLP small enough for group 1 and the per-sample backward): a C++ autograd
         # node, no Python between autograd and the kernels
         if w1.numel() < 1 << 17 and F.per_sample(K, x):
             return K.train_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first)
-        return _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
-    return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]
+        return None if torch._C._is_any_autocast_enabled() else \
+            _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
+    args = _no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity)
+    if torch._C._is_any_autocast_enabled():
+        # the per-sample kernels keep their small math in float32 and call no op that autocast would
+        # route (the batch-wide passes' MLP does: that goes through F.forward's autocast guard)
+        return F._forward_samples(K, *args, inplace)[0] if F.per_sample(K, x) else None
+    return F.forward(K, *args, inplace)[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],
