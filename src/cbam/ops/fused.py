@@ -293,12 +293,13 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
             return K.train_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first)
         return None if torch._C._is_any_autocast_enabled() else \
             _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
-    args = _no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity)
+    if F.per_sample(K, x):  # one C++ call; its kernels keep their small math in float32 and call no op
+        # that autocast would route (the batch-wide passes' MLP does: F.forward's autocast guard)
+        return K.infer_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first, inplace,
+                               1 if w1.numel() < 1 << 17 else F.mlp_group(x, w1))
     if torch._C._is_any_autocast_enabled():
-        # the per-sample kernels keep their small math in float32 and call no op that autocast would
-        # route (the batch-wide passes' MLP does: that goes through F.forward's autocast guard)
-        return F._forward_samples(K, *args, inplace)[0] if F.per_sample(K, x) else None
-    return F.forward(K, *args, inplace)[0]
+        return None
+    return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],

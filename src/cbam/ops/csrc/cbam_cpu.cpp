@@ -37,6 +37,10 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
                                          const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
 std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd, const at::Tensor& wc);
+at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
+                         const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
+                         bool max_first, bool inplace, int64_t group);
 at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
                          const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
@@ -248,6 +252,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("apply_samples", &cbam_cpu::apply_samples);
   m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("train_forward", &cbam_cpu::train_forward);
+  m.def("infer_forward", &cbam_cpu::infer_forward);
   m.def("mlp_backward", &cbam_cpu::mlp_backward);
   m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none(),
         py::arg("inplace") = false);

@@ -1,9 +1,10 @@
-// Eager training of the common configuration (no BatchNorm in the spatial gate, per-sample kernels)
-// through a C++ autograd node: the forward and backward call the per-sample kernels with no Python in
+// The eager entry points of the common configuration (no BatchNorm in the spatial gate, per-sample
+// kernels), called by fused.py's run_eager: inference in one call that returns only y, and training
+// through a C++ autograd node whose forward and backward call the per-sample kernels with no Python in
 // between. Inside a network every Python step of a layer's call meets caches that the layers before
-// it have flushed (about 1 us per function call, 1-2 us per tensor attribute), and the Python
-// autograd.Function's glue cost about a third of a small layer's kernels. The math is that of the
-// registered op's eager path (fused.py: _EagerFusedY), which the tests hold it equal to.
+// it have flushed (about 1 us per function call, 1-2 us per tensor attribute), and the Python around
+// the kernels cost about a third of a small layer's kernels. The math is that of the registered op's
+// eager path (_forward.py, fused.py: _EagerFusedY), which the tests hold it equal to.
 #include <torch/extension.h>
 #include <torch/autograd.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -95,6 +96,21 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
 };
 
 }  // namespace
+
+// The module's inference call (no gradient recorded) for a configuration without spatial BatchNorm
+// whose kernels run per sample: y, or the block tail relu(y + identity), written over x with
+// `inplace` (sample_args.h: output_for); `group` as _forward.py's mlp_group.
+at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
+                         const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
+                         bool max_first, bool inplace, int64_t group) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto o = x.options().dtype(acc);
+  const at::Tensor ident = identity.has_value() ? *identity : at::empty({0}, x.options());
+  return forward_samples(x, as_acc(w1, acc, o), as_acc(opt(b1), acc, o), as_acc(w2, acc, o), as_acc(opt(b2), acc, o),
+                         wc.scalar_type() == acc ? wc : wc.to(acc), bc.has_value() ? bc->item<double>() : 0.0, 1.0,
+                         0.0, max_first, false, true, group, ident, inplace)[0];
+}
 
 // The module's training call for a configuration without spatial BatchNorm whose kernels run per
 // sample (fused.py decides): y, or the block tail relu(y + identity), with a C++ autograd node.

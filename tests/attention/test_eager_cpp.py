@@ -1,7 +1,8 @@
-"""The C++ autograd node of eager training (``train_forward`` in csrc/train_node.cpp): taken for the
-per-sample configurations, equal to the reference in values and every gradient, and as well
-behaved as a built-in op: gradients in each weight's dtype, no double backward (with the fix named),
-backward inside autocast, saved-tensor hooks, retain_graph, a gradient only for what requires one."""
+"""The C++ eager entry points (csrc/eager.cpp). ``infer_forward``: taken for per-sample inference
+calls, equal to the reference. ``train_forward``'s autograd node: taken for per-sample training
+calls, equal to the reference in values and every gradient, and as well behaved as a built-in op:
+gradients in each weight's dtype, no double backward (with the fix named), backward inside
+autocast, saved-tensor hooks, retain_graph, a gradient only for what requires one."""
 import pytest
 import torch
 
@@ -143,3 +144,22 @@ def test_identity_in_the_other_layout(train):
         g = torch.randn_like(yr)
         for a, b in zip(torch.autograd.grad(y, [x, ident], g), torch.autograd.grad(yr, [xr, ir], g)):
             assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("kw", [{}, dict(mlp_bias=True, spatial_bias=True, pool_order="max_avg")], ids=["paper", "biases"])
+def test_inference_entry_taken_and_equal_to_reference(monkeypatch, layout, dtype, kw):
+    calls = []
+    real = K.infer_forward
+    monkeypatch.setattr(K, "infer_forward", lambda *a: calls.append(a[7] is not None) or real(*a))
+    m, ref = _pair(dtype, **kw)
+    x = torch.randn(4, 16, 7, 9).to(dtype).contiguous(memory_format=layout)
+    ident = torch.randn_like(x)
+    with torch.no_grad():
+        y, yt = m(x), m.forward_tail(x, ident)
+        want, want_t = ref(x.double()), torch.relu(ref(x.double()) + ident.double())
+    assert calls == [False, True]
+    assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+    tol = 1e-10 if dtype == torch.float64 else (1e-5 if dtype == torch.float32 else 2e-3)
+    assert rel_err(y, want) < tol and rel_err(yt, want_t) < tol
