@@ -163,3 +163,49 @@ def test_inference_entry_taken_and_equal_to_reference(monkeypatch, layout, dtype
     assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
     tol = 1e-10 if dtype == torch.float64 else (1e-5 if dtype == torch.float32 else 2e-3)
     assert rel_err(y, want) < tol and rel_err(yt, want_t) < tol
+
+
+def _tail_setup():
+    m, ref = _pair()
+    x = torch.randn(4, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    ident = torch.randn_like(x, requires_grad=True)
+    return m, ref, x, ident
+
+
+def test_identity_gradient_taken_over_from_an_unshared_gradient():
+    m, ref, x, ident = _tail_setup()
+    w = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    y = m.forward_tail(x, ident)
+    before = K.gradients_taken_over()
+    (y * w).sum().backward()  # the product's backward hands over a fresh gradient, w * 1
+    assert K.gradients_taken_over() == before + 1
+    xr, ir = x.detach().clone().requires_grad_(), ident.detach().clone().requires_grad_()
+    (torch.relu(ref(xr) + ir) * w).sum().backward()
+    assert rel_err(ident.grad, ir.grad) < 1e-10 and rel_err(x.grad, xr.grad) < 1e-10
+
+
+def test_shared_or_user_held_gradients_are_left_alone():
+    m, ref, x, ident = _tail_setup()
+    x2, ident2 = x.detach().clone().requires_grad_(), ident.detach().clone().requires_grad_()
+    g = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    g_before = g.clone()
+    y1, y2 = m.forward_tail(x, ident), m.forward_tail(x2, ident2)
+    before = K.gradients_taken_over()
+    (y1 + y2).backward(g)  # the add passes one gradient tensor to both tails; the caller holds g
+    assert torch.equal(g, g_before) and K.gradients_taken_over() == before
+    xr, ir = x.detach().clone().requires_grad_(), ident.detach().clone().requires_grad_()
+    torch.relu(ref(xr) + ir).backward(g)
+    for a in (ident.grad, ident2.grad):
+        assert rel_err(a, ir.grad) < 1e-10
+    for a in (x.grad, x2.grad):
+        assert rel_err(a, xr.grad) < 1e-10
+
+
+def test_retained_gradient_of_the_output_keeps_its_values():
+    m, _, x, ident = _tail_setup()
+    y = m.forward_tail(x, ident)
+    y.retain_grad()
+    z = y * 3
+    z.sum().backward()  # (retain_grad keeps a copy: taking the gradient over is allowed, altering y.grad not)
+    torch.testing.assert_close(y.grad, torch.full_like(y, 3.0), rtol=0, atol=0)
+    torch.testing.assert_close(ident.grad, torch.where(y > 0, 3.0, 0.0).double(), rtol=0, atol=0)

@@ -37,6 +37,7 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
                                          const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
 std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd, const at::Tensor& wc);
+int64_t gradients_taken_over();
 at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
                          const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
@@ -253,6 +254,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_backward", &cbam_cpu::conv_backward);
   m.def("train_forward", &cbam_cpu::train_forward);
   m.def("infer_forward", &cbam_cpu::infer_forward);
+  m.def("gradients_taken_over", &cbam_cpu::gradients_taken_over);
   m.def("mlp_backward", &cbam_cpu::mlp_backward);
   m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none(),
         py::arg("inplace") = false);

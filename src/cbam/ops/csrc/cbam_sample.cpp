@@ -339,12 +339,34 @@ std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::T
 // BN's du, formed from every sample's dms). Returns [dx, d identity (empty without out), dmc, dms (empty
 // when du is given), dwc (1, 2, k, k) summed over the samples]; Python forms the MLP's weight gradients.
 // Empty dmc0 / gms: those gradients are zero (the gates' own outputs unused).
+std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                              const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                              const at::Tensor& p_max, const at::Tensor& idx_c,
+                                              const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
+                                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                              const at::Tensor& wc_in, const at::Tensor& sd, double scale,
+                                              bool max_first, const at::Tensor& du, bool over_g);
+
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
                                          const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc_in,
                                          const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du) {
+  return backward_samples_into(g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, dmc0, gms, w1, b1, w2, wc_in, sd, scale,
+                               max_first, du, false);
+}
+
+// backward_samples; with `over_g` (the tail only) the identity's gradient, relu's masked g, is written
+// over g itself: the caller owns g, and each element of g is read before its own masked value
+// replaces it (a routed element read again later gets the same masked value).
+std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                              const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                              const at::Tensor& p_max, const at::Tensor& idx_c,
+                                              const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
+                                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                              const at::Tensor& wc_in, const at::Tensor& sd, double scale,
+                                              bool max_first, const at::Tensor& du, bool over_g) {
   const char* fn = "backward_samples";
   const at::Tensor wc = conv_weight(wc_in);
   check_grads(g, out, x, mc, ms, fn);
@@ -362,7 +384,8 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
   else if (gms.numel()) check_small(gms, {N, HW}, acc, "gms", fn);
   BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du};
   const bool nhwc = is_nhwc(x);
-  a.dx = cached_like(x, nhwc), a.did = out.numel() ? cached_like(x, nhwc) : at::empty({0}, x.options());
+  a.dx = cached_like(x, nhwc);
+  a.did = !out.numel() ? at::empty({0}, x.options()) : (over_g ? g : cached_like(x, nhwc));
   a.dmc = dmc0.numel() ? dmc0.clone() : at::zeros_like(mc);
   a.dms = du.numel() ? at::empty({0}, ms.options()) : at::empty_like(ms);
   a.dwc = at::empty({N, 2, k, k}, mc.options()), a.scale = scale, a.max_first = max_first;

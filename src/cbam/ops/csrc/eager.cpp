@@ -9,6 +9,7 @@
 #include <torch/autograd.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <atomic>
 #include <vector>
 
 namespace cbam_cpu {
@@ -17,12 +18,13 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
                                         double conv_bias, double scale, double shift, bool max_first,
                                         bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
                                         bool inplace);
-std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
-                                         const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
-                                         const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
-                                         const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
-                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
-                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
+std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
+                                              const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
+                                              const at::Tensor& p_max, const at::Tensor& idx_c,
+                                              const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
+                                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                              const at::Tensor& wc, const at::Tensor& sd, double scale,
+                                              bool max_first, const at::Tensor& du, bool over_g);
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
                                      const at::Tensor& w2, const at::Tensor& pre);
@@ -36,6 +38,8 @@ at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc, const at::TensorOptio
   if (!t.defined()) return at::empty({0}, o);
   return t.scalar_type() == acc && t.is_contiguous() ? t : t.to(acc).contiguous();
 }
+
+std::atomic<int64_t> taken_over{0};  // backward calls that wrote over their incoming gradient (for tests)
 
 using Opt = c10::optional<at::Tensor>;
 at::Tensor opt(const Opt& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -66,7 +70,9 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     return r[0];
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  // `grads` by reference: the node's own list (CppNode::apply passes it as an lvalue), so a gradient
+  // that nothing else refers to can be taken over
+  static variable_list backward(AutogradContext* ctx, variable_list& grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "the fused CBAM op has no double backward (backward with create_graph=True); use "
                 "impl=\"reference\" (modules) or cbam.functional for higher-order gradients");
@@ -78,11 +84,18 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     const bool tail = ctx->saved_data["tail"].toBool();
     const int64_t N = x.size(0), HW = x.size(2) * x.size(3);
     const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
-    const at::Tensor g = grads[0].defined() ? grads[0].contiguous(fmt) : at::zeros_like(x);
+    at::Tensor g = std::move(grads[0]);
+    g = !g.defined() ? at::zeros_like(x) : (g.is_contiguous(fmt) ? g : g.contiguous(fmt));
+    // the tail's identity gradient (relu's masked g) over g where this node holds the only reference to
+    // g and its memory (no view, hook or other node sees it), as AccumulateGrad takes over a gradient:
+    // written where g was just read, it costs no fresh output to bring into cache
+    const bool over_g = tail && g.use_count() == 1 && g.storage().use_count() == 1 && !g.is_inference() &&
+                        g.storage_offset() == 0 && g.numel() * g.element_size() == g.storage().nbytes();
+    if (over_g) taken_over.fetch_add(1, std::memory_order_relaxed);
     const at::Tensor none = at::empty({0}, mc.options());
-    auto r = backward_samples(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg, p_max,
-                              idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
-                              ctx->saved_data["max_first"].toBool(), none);
+    auto r = backward_samples_into(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg,
+                                   p_max, idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
+                                   ctx->saved_data["max_first"].toBool(), none, over_g);
     // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
     auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
     at::Tensor dbc;
@@ -120,5 +133,8 @@ at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
                          bool max_first) {
   return TrainNode::apply(x, w1, b1, w2, b2, wc, bc, identity, max_first);
 }
+
+// How many training backward calls have written the identity's gradient over their incoming gradient.
+int64_t gradients_taken_over() { return taken_over.load(); }
 
 }  // namespace cbam_cpu
