@@ -209,3 +209,51 @@ def test_retained_gradient_of_the_output_keeps_its_values():
     z.sum().backward()  # (retain_grad keeps a copy: taking the gradient over is allowed, altering y.grad not)
     torch.testing.assert_close(y.grad, torch.full_like(y, 3.0), rtol=0, atol=0)
     torch.testing.assert_close(ident.grad, torch.where(y > 0, 3.0, 0.0).double(), rtol=0, atol=0)
+
+
+def _ref_grads(ref, x0, ident, w):
+    xr, ir = x0.detach().clone().requires_grad_(), ident.detach().clone().requires_grad_()
+    (torch.relu(ref(xr * 1) + ir) * w).sum().backward()
+    return xr.grad, ir.grad
+
+
+def test_input_gradient_written_over_x_when_only_the_node_holds_it():
+    m, ref, x0, ident = _tail_setup()
+    w = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    y = m.forward_tail(x0 * 1, ident)  # x: a temporary that only the node keeps, as a block's BN output
+    before = K.gradients_taken_over()
+    (y * w).sum().backward()
+    assert K.gradients_taken_over() == before + 2  # the incoming gradient and x
+    gx, gi = _ref_grads(ref, x0, ident, w)
+    assert rel_err(x0.grad, gx) < 1e-10 and rel_err(ident.grad, gi) < 1e-10
+
+
+def test_x_kept_where_anything_else_may_read_it():
+    m, ref, x0, ident = _tail_setup()
+    w = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    gx, gi = _ref_grads(ref, x0, ident, w)
+    # held by the caller
+    x = x0 * 1
+    x_before = x.detach().clone()
+    before = K.gradients_taken_over()
+    (m.forward_tail(x, ident) * w).sum().backward()
+    assert K.gradients_taken_over() == before + 1 and torch.equal(x.detach(), x_before)
+    # saved by another op of the graph that runs after the node in the backward (made before it in the
+    # forward; an op that has run already has released what it saved)
+    x0.grad = ident.grad = None
+    x = x0 * 1
+    sq = x * x
+    y = m.forward_tail(x, ident) * w + sq
+    del x, sq
+    before = K.gradients_taken_over()
+    y.sum().backward()
+    assert K.gradients_taken_over() == before + 1
+    assert rel_err(x0.grad, gx + 2 * x0.detach()) < 1e-10 and rel_err(ident.grad, gi) < 1e-10
+    # a graph kept for another backward
+    x0.grad = None
+    y = m.forward_tail(x0 * 1, ident)
+    before = K.gradients_taken_over()
+    (g1,) = torch.autograd.grad((y * w).sum(), x0, retain_graph=True)
+    (g2,) = torch.autograd.grad((y * w).sum(), x0)
+    assert rel_err(g1, gx) < 1e-10 and rel_err(g2, gx) < 1e-10
+    assert K.gradients_taken_over() - before <= 3  # x only in the last backward (and g at most twice)

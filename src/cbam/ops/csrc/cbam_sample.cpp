@@ -345,7 +345,8 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
                                               const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
                                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                               const at::Tensor& wc_in, const at::Tensor& sd, double scale,
-                                              bool max_first, const at::Tensor& du, bool over_g);
+                                              bool max_first, const at::Tensor& du, bool over_g,
+                                              const at::Tensor& dx_into);
 
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
@@ -354,19 +355,21 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc_in,
                                          const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du) {
   return backward_samples_into(g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, dmc0, gms, w1, b1, w2, wc_in, sd, scale,
-                               max_first, du, false);
+                               max_first, du, false, at::Tensor());
 }
 
 // backward_samples; with `over_g` (the tail only) the identity's gradient, relu's masked g, is written
 // over g itself: the caller owns g, and each element of g is read before its own masked value
-// replaces it (a routed element read again later gets the same masked value).
+// replaces it (a routed element read again later gets the same masked value). A defined `dx_into`
+// (x's storage, which the caller owns) receives dx: a sample's dx is written after its last read of x.
 std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                               const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                               const at::Tensor& p_max, const at::Tensor& idx_c,
                                               const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
                                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                               const at::Tensor& wc_in, const at::Tensor& sd, double scale,
-                                              bool max_first, const at::Tensor& du, bool over_g) {
+                                              bool max_first, const at::Tensor& du, bool over_g,
+                                              const at::Tensor& dx_into) {
   const char* fn = "backward_samples";
   const at::Tensor wc = conv_weight(wc_in);
   check_grads(g, out, x, mc, ms, fn);
@@ -384,7 +387,7 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
   else if (gms.numel()) check_small(gms, {N, HW}, acc, "gms", fn);
   BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du};
   const bool nhwc = is_nhwc(x);
-  a.dx = cached_like(x, nhwc);
+  a.dx = dx_into.defined() ? dx_into : cached_like(x, nhwc);
   a.did = !out.numel() ? at::empty({0}, x.options()) : (over_g ? g : cached_like(x, nhwc));
   a.dmc = dmc0.numel() ? dmc0.clone() : at::zeros_like(mc);
   a.dms = du.numel() ? at::empty({0}, ms.options()) : at::empty_like(ms);

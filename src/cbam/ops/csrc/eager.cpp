@@ -7,6 +7,7 @@
 // eager path (_forward.py, fused.py: _EagerFusedY), which the tests hold it equal to.
 #include <torch/extension.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
@@ -24,7 +25,8 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
                                               const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
                                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                               const at::Tensor& wc, const at::Tensor& sd, double scale,
-                                              bool max_first, const at::Tensor& du, bool over_g);
+                                              bool max_first, const at::Tensor& du, bool over_g,
+                                              const at::Tensor& dx_into);
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
                                      const at::Tensor& w2, const at::Tensor& pre);
@@ -39,7 +41,23 @@ at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc, const at::TensorOptio
   return t.scalar_type() == acc && t.is_contiguous() ? t : t.to(acc).contiguous();
 }
 
-std::atomic<int64_t> taken_over{0};  // backward calls that wrote over their incoming gradient (for tests)
+std::atomic<int64_t> taken_over{0};  // buffers a backward wrote over: its gradient, x (for tests)
+
+// t's memory is its own: no view or other tensor shares the storage, and t spans all of it
+bool whole(const at::Tensor& t) {
+  return t.storage().use_count() == 1 && !t.is_inference() && t.storage_offset() == 0 &&
+         t.numel() * t.element_size() == static_cast<int64_t>(t.storage().nbytes());
+}
+
+// Whether nothing but this node refers to t, which it holds `own` references to: the Python object of a
+// tensor that has one holds one more reference while nothing in Python refers to that object
+// (PyObjectSlot::has_unique_reference), and counts as the node's.
+bool only_ours(const at::Tensor& t, size_t own) {
+  const auto* slot = t.unsafeGetTensorImpl()->pyobj_slot();
+  const bool py = slot->load_pyobj() != nullptr;
+  if (py && !slot->has_unique_reference()) return false;
+  return t.use_count() == own + (py ? 1 : 0) && whole(t);
+}
 
 using Opt = c10::optional<at::Tensor>;
 at::Tensor opt(const Opt& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -89,13 +107,22 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     // the tail's identity gradient (relu's masked g) over g where this node holds the only reference to
     // g and its memory (no view, hook or other node sees it), as AccumulateGrad takes over a gradient:
     // written where g was just read, it costs no fresh output to bring into cache
-    const bool over_g = tail && g.use_count() == 1 && g.storage().use_count() == 1 && !g.is_inference() &&
-                        g.storage_offset() == 0 && g.numel() * g.element_size() == g.storage().nbytes();
+    const bool over_g = tail && only_ours(g, 1);
     if (over_g) taken_over.fetch_add(1, std::memory_order_relaxed);
+    // dx over x where the graph is freed after this backward and nothing but this node refers to x or
+    // its memory: the node's own references are those it holds to mc, which its forward made and saved
+    const bool dx_over_x = !torch::autograd::get_current_graph_task_keep_graph() &&
+                           only_ours(x, static_cast<size_t>(mc.use_count()));
+    at::Tensor dx_into;
+    if (dx_over_x) {
+      dx_into = x.detach();  // the same memory, without x's autograd history
+      x.unsafeGetTensorImpl()->bump_version();  // a later unpack of x fails instead of reading dx
+      taken_over.fetch_add(1, std::memory_order_relaxed);
+    }
     const at::Tensor none = at::empty({0}, mc.options());
     auto r = backward_samples_into(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg,
                                    p_max, idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
-                                   ctx->saved_data["max_first"].toBool(), none, over_g);
+                                   ctx->saved_data["max_first"].toBool(), none, over_g, dx_into);
     // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
     auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
     at::Tensor dbc;
@@ -134,7 +161,7 @@ at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
   return TrainNode::apply(x, w1, b1, w2, b2, wc, bc, identity, max_first);
 }
 
-// How many training backward calls have written the identity's gradient over their incoming gradient.
+// How many buffers training backward calls have written over (the incoming gradient, x).
 int64_t gradients_taken_over() { return taken_over.load(); }
 
 }  // namespace cbam_cpu
