@@ -257,3 +257,40 @@ def test_x_kept_where_anything_else_may_read_it():
     (g2,) = torch.autograd.grad((y * w).sum(), x0)
     assert rel_err(g1, gx) < 1e-10 and rel_err(g2, gx) < 1e-10
     assert K.gradients_taken_over() - before <= 3  # x only in the last backward (and g at most twice)
+
+
+@pytest.mark.parametrize("preset", ["official", "timm"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("tail", [False, True])
+def test_eval_batchnorm_presets_take_the_inference_entry(monkeypatch, preset, layout, tail):
+    calls = []
+    real = K.infer_forward
+    monkeypatch.setattr(K, "infer_forward", lambda *a: calls.append(a[11] is not None) or real(*a))
+    torch.manual_seed(0)
+    m = randomize_(cbam.CBAM.from_preset(preset, 16).double()).eval()
+    ref = cbam.CBAM.from_preset(preset, 16, impl="reference").double().eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(4, 16, 7, 9, dtype=torch.float64).contiguous(memory_format=layout)
+    ident = torch.randn_like(x)
+    with torch.no_grad():
+        y = m.forward_tail(x, ident) if tail else m(x)
+        want = torch.relu(ref(x) + ident) if tail else ref(x)
+    assert calls == [True]  # with the BN's statistics
+    assert rel_err(y, want) < 1e-10
+
+
+def test_batchnorm_in_training_or_with_a_gradient_takes_the_general_path(monkeypatch):
+    monkeypatch.setattr(K, "infer_forward", None)  # any call of the entry would fail
+    torch.manual_seed(0)
+    m = randomize_(cbam.CBAM.from_preset("official", 16).double())
+    ref = cbam.CBAM.from_preset("official", 16, impl="reference").double()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(4, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        m.train(train), ref.train(train)
+        y, yr = m(x), ref(x)
+        assert "TrainNode" not in y.grad_fn.name()
+        assert rel_err(y, yr) < 1e-10
+        for a, b in zip(torch.autograd.grad(y.sum(), [x, *m.parameters()]),
+                        torch.autograd.grad(yr.sum(), [x, *ref.parameters()])):
+            assert rel_err(a, b) < 1e-10

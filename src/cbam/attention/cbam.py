@@ -179,8 +179,9 @@ class CBAM(nn.Module):
     def _eager_fused(self, x: Tensor, identity: Optional[Tensor], inplace: bool = False) -> Optional[Tensor]:
         """The fused op's ``y`` (or block tail) for the common eager call, through
         :func:`cbam.ops.fused.run_eager`; None where :meth:`uses_fused` and the general path decide
-        (a reference impl, recorded maps, BatchNorm in the spatial gate, a parametrized weight, hooks
-        on a tail call, an input that the checks would reject). Each attribute is read from the
+        (a reference impl, recorded maps, BatchNorm in the spatial gate in training mode or while a
+        gradient is recorded, a parametrized weight, hooks on a tail call, an input that the checks
+        would reject). Each attribute is read from the
         module dicts directly: inside a network these lookups meet cold caches."""
         if torch.compiler.is_compiling() or torch._C._is_tracing():  # before any test that a tracer would record
             return None
@@ -189,15 +190,20 @@ class CBAM(nn.Module):
             return None
         mods = d["_modules"]
         sp = mods["spatial"]
-        if module_attr(sp, "bn") is not None or x.dim() != 4 or x.shape[1] != d["channels"] or x.numel() == 0:
+        if x.dim() != 4 or x.shape[1] != d["channels"] or x.numel() == 0:
             return None
+        bn = module_attr(sp, "bn")
+        if bn is not None:  # eval mode with running statistics: folded into the gate (inference only)
+            bn = _eval_bn(bn)
+            if bn is None:
+                return None
         ch = mods["channel"]._modules
         p1, p2, pc = ch["fc1"]._parameters, ch["fc2"]._parameters, sp._modules["conv"]._parameters
         w1, w2, wc = p1.get("weight"), p2.get("weight"), pc.get("weight")
         if w1 is None or w2 is None or wc is None or (identity is not None and _has_hooks(self)):
             return None
         return ops.fused.run_eager(x, identity, w1, p1.get("bias"), w2, p2.get("bias"), wc, pc.get("bias"),
-                                   sp.pool_order == "max_avg", inplace)
+                                   sp.pool_order == "max_avg", inplace, bn)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
@@ -243,6 +249,19 @@ class CBAM(nn.Module):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, arrangement={self.arrangement}, impl={self.impl}"
                 + ("" if self.fusable else " (reference only)") + (f", dims={self.dims}" if self.dims != 2 else ""))
+
+
+def _eval_bn(bn: nn.Module) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor, float]]:
+    """``(weight, bias, running_mean, running_var, eps)`` of a plain ``nn.BatchNorm2d`` in eval mode with
+    running statistics (what the short path folds into the gate); None for anything else."""
+    d = bn.__dict__
+    if type(bn) is not nn.BatchNorm2d or d["training"]:
+        return None
+    p, b = d["_parameters"], d["_buffers"]
+    w, bias, rm, rv = p.get("weight"), p.get("bias"), b.get("running_mean"), b.get("running_var")
+    if w is None or bias is None or rm is None or rv is None:
+        return None
+    return w, bias, rm, rv, d["eps"]
 
 
 def _has_hooks(m: nn.Module) -> bool:

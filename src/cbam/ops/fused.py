@@ -264,7 +264,8 @@ def run_checked(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[
 
 def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
               b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], max_first: bool,
-              inplace: bool = False) -> Optional[Tensor]:
+              inplace: bool = False, bn: Optional[Tuple[Tensor, Tensor, Tensor, Tensor, float]] = None
+              ) -> Optional[Tensor]:
     """:func:`run_checked`'s ``y`` for the common call of a module without BatchNorm, in eager mode, in
     fewer Python steps; None where the call needs :func:`run_checked` (C++ kernels not loaded yet, a
     compiler, exporter, tracer or dispatch mode active, a dtype, device or layout the kernels do not take
@@ -272,7 +273,9 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
     Inside a network every Python step meets caches
     that the layers before it have flushed and costs several times its warm time: the checks here are
     C-level calls where one exists. ``inplace``: where no gradient is recorded, ``y`` is written over
-    ``x`` (a block's own temporary: no fresh output to bring into cache), as ``nn.ReLU(inplace=True)``."""
+    ``x`` (a block's own temporary: no fresh output to bring into cache), as ``nn.ReLU(inplace=True)``.
+    ``bn``: an eval-mode BatchNorm of the spatial gate, ``(weight, bias, running_mean, running_var,
+    eps)``, folded into the gate; inference per sample only (else None)."""
     K = _cpu.loaded()
     if (K is None or not x.is_cpu or x.dtype not in _FLOAT or torch.compiler.is_compiling()
             or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack()):
@@ -289,6 +292,8 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
                                     any(t is not None and t.requires_grad for t in (identity, b1, b2, bc))):
         # per sample (and an MLP small enough for group 1 and the per-sample backward): a C++ autograd
         # node, no Python between autograd and the kernels
+        if bn is not None:
+            return None
         if w1.numel() < 1 << 17 and F.per_sample(K, x):
             return K.train_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first)
         return None if torch._C._is_any_autocast_enabled() else \
@@ -296,10 +301,13 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
     if F.per_sample(K, x):  # one C++ call; its kernels keep their small math in float32 and call no op
         # that autocast would route (the batch-wide passes' MLP does: F.forward's autocast guard)
         return K.infer_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first, inplace,
-                               1 if w1.numel() < 1 << 17 else F.mlp_group(x, w1))
-    if torch._C._is_any_autocast_enabled():
+                               1 if w1.numel() < 1 << 17 else F.mlp_group(x, w1), *(bn or _NO_BN))
+    if bn is not None or torch._C._is_any_autocast_enabled():
         return None
     return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]
+
+
+_NO_BN = (None, None, None, None, 1e-5)
 
 
 def _update_running_stats(bmean: Tensor, bvar: Tensor, m: int, rm: Tensor, rv: Tensor, momentum: Optional[float],

@@ -41,7 +41,9 @@ int64_t gradients_taken_over();
 at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
                          const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
-                         bool max_first, bool inplace, int64_t group);
+                         bool max_first, bool inplace, int64_t group, const c10::optional<at::Tensor>& bn_w,
+                         const c10::optional<at::Tensor>& bn_b, const c10::optional<at::Tensor>& bn_mean,
+                         const c10::optional<at::Tensor>& bn_var, double eps);
 at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
                          const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,

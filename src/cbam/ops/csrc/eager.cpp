@@ -11,6 +11,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 namespace cbam_cpu {
@@ -59,6 +60,16 @@ bool only_ours(const at::Tensor& t, size_t own) {
   return t.use_count() == own + (py ? 1 : 0) && whole(t);
 }
 
+// A one-element CPU tensor's value (a spatial-gate bias or BatchNorm statistic), read directly: the
+// dispatcher's item() costs more than the read.
+double value(const at::Tensor& t) {
+  TORCH_CHECK(t.numel() == 1 && t.is_cpu(), "cbam: a one-element CPU tensor expected, got ", t.sizes());
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "value",
+                                  [&] { v = static_cast<double>(*t.data_ptr<scalar_t>()); });
+  return v;
+}
+
 using Opt = c10::optional<at::Tensor>;
 at::Tensor opt(const Opt& t) { return t.has_value() ? *t : at::Tensor(); }
 
@@ -73,7 +84,7 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     const auto o = x.options().dtype(acc);
     const at::Tensor w1a = as_acc(w1, acc, o), b1a = as_acc(b1, acc, o), w2a = as_acc(w2, acc, o);
     const at::Tensor wca = wc.scalar_type() == acc ? wc : wc.to(acc);  // any layout: the kernels copy it
-    const double cb = bc.defined() ? bc.item<double>() : 0.0;
+    const double cb = bc.defined() ? value(bc) : 0.0;
     const at::Tensor ident = identity.defined() ? identity : at::empty({0}, x.options());
     auto r = forward_samples(x, w1a, b1a, w2a, as_acc(b2, acc, o), wca, cb, 1.0, 0.0, max_first, true, true, 1,
                              ident, false);
@@ -143,13 +154,22 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
 at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& wc,
                          const c10::optional<at::Tensor>& bc, const c10::optional<at::Tensor>& identity,
-                         bool max_first, bool inplace, int64_t group) {
+                         bool max_first, bool inplace, int64_t group, const c10::optional<at::Tensor>& bn_w,
+                         const c10::optional<at::Tensor>& bn_b, const c10::optional<at::Tensor>& bn_mean,
+                         const c10::optional<at::Tensor>& bn_var, double eps) {
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto o = x.options().dtype(acc);
   const at::Tensor ident = identity.has_value() ? *identity : at::empty({0}, x.options());
+  double scale = 1.0, shift = 0.0;
+  if (bn_w.has_value()) {  // eval-mode BN, folded into the gate's affine in double (as _forward.py does)
+    TORCH_CHECK(bn_b.has_value() && bn_mean.has_value() && bn_var.has_value(),
+                "infer_forward: BatchNorm needs weight, bias, running mean and running variance");
+    scale = value(*bn_w) / std::sqrt(value(*bn_var) + eps);
+    shift = value(*bn_b) - value(*bn_mean) * scale;
+  }
   return forward_samples(x, as_acc(w1, acc, o), as_acc(opt(b1), acc, o), as_acc(w2, acc, o), as_acc(opt(b2), acc, o),
-                         wc.scalar_type() == acc ? wc : wc.to(acc), bc.has_value() ? bc->item<double>() : 0.0, 1.0,
-                         0.0, max_first, false, true, group, ident, inplace)[0];
+                         wc.scalar_type() == acc ? wc : wc.to(acc), bc.has_value() ? value(*bc) : 0.0, scale, shift,
+                         max_first, false, true, group, ident, inplace)[0];
 }
 
 // The module's training call for a configuration without spatial BatchNorm whose kernels run per
