@@ -294,3 +294,59 @@ def test_batchnorm_in_training_or_with_a_gradient_takes_the_general_path(monkeyp
         for a, b in zip(torch.autograd.grad(y.sum(), [x, *m.parameters()]),
                         torch.autograd.grad(yr.sum(), [x, *ref.parameters()])):
             assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("source", ["numpy", "memmap"])
+def test_memory_owned_elsewhere_is_never_written(tmp_path, source):
+    np = pytest.importorskip("numpy")
+    m, _ = _pair(torch.float32)
+    arr = np.random.default_rng(0).standard_normal((4, 16, 6, 6)).astype(np.float32)
+    if source == "memmap":  # features on disk: a write would change the file
+        arr.tofile(tmp_path / "x.bin")
+        arr = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r+", shape=(4, 16, 6, 6))
+    keep = np.array(arr)
+    x = torch.from_numpy(arr)
+    x.mul_(torch.ones((), requires_grad=True))  # a non-leaf that needs a gradient, over numpy's memory
+    before = K.gradients_taken_over()
+    y = m(x)
+    del x  # only the node refers to the tensor now; numpy still owns its memory
+    (y * torch.randn_like(y)).sum().backward()
+    assert K.gradients_taken_over() == before  # no tail: only x could have been, and must not be
+    assert np.array_equal(np.asarray(arr), keep) and np.array_equal(np.fromfile(tmp_path / "x.bin", np.float32).reshape(
+        keep.shape) if source == "memmap" else arr, keep)
+
+
+def test_autocast_inference_with_grouped_mlp(monkeypatch):
+    from cbam.ops import _forward as FW
+    monkeypatch.setattr(FW, "mlp_group", lambda x, w1: 4)  # the batched MLP of wide layers (C = 2048 at scale)
+    torch.manual_seed(0)
+    m = randomize_(cbam.CBAM(512, 1)).eval()  # 512 x 512 MLP weights: large enough for grouping
+    x = torch.randn(8, 512, 4, 4)
+    with torch.no_grad():
+        want = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)  # the grouped MLP must stay float32 under autocast
+    assert y.dtype == torch.float32 and rel_err(y, want) < 1e-6
+
+
+def test_low_precision_weights_changed_before_backward_fail_like_any_op():
+    m, _ = _pair(torch.bfloat16)
+    x = torch.randn(2, 16, 6, 6).bfloat16().requires_grad_()
+    y = m(x)
+    assert _is_node(y)
+    with torch.no_grad():
+        m.channel.fc1.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_checkpointed_block_matches():
+    from torch.utils.checkpoint import checkpoint
+    m, ref, x0, ident = _tail_setup()
+    w = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    for reentrant in (False, True):
+        x0.grad = ident.grad = None
+        y = checkpoint(lambda a, b: m.forward_tail(a * 1, b), x0, ident, use_reentrant=reentrant)
+        (y * w).sum().backward()
+        gx, gi = _ref_grads(ref, x0, ident, w)
+        assert rel_err(x0.grad, gx) < 1e-10 and rel_err(ident.grad, gi) < 1e-10

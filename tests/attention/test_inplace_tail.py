@@ -126,3 +126,17 @@ def test_resnet_inference_unchanged_and_input_kept(layout):
         y, y_ref = m(x), ref(x)
     assert torch.equal(x, x_before)
     assert rel_err(y, y_ref) < 1e-4
+
+
+def test_a_two_argument_forward_tail_still_works_in_the_blocks():
+    class OldTail(cbam.CBAM):  # written against forward_tail(x, identity)
+        def forward_tail(self, x, identity):
+            return super().forward_tail(x, identity)
+
+    torch.manual_seed(0)
+    m = create_model("resnet20", num_classes=10, in_chans=1, attention=OldTail).eval()
+    ref = create_model("resnet20_cbam", num_classes=10, in_chans=1).eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert rel_err(m(x), ref(x)) < 1e-6

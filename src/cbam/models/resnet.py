@@ -5,6 +5,8 @@ after the last BatchNorm, before the addition. Key names match torchvision's
 ResNets (``conv1``, ``bn1``, ``layer1.0.conv1``, ..., ``fc``); the attention
 module of a block is ``attn``.
 """
+import functools
+import inspect
 from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
 import torch
@@ -17,10 +19,29 @@ def _attn(spec: AttentionSpec, channels: int, kwargs: Optional[Dict[str, Any]]) 
     return create_attention(spec, channels, **(kwargs or {}))
 
 
+@functools.lru_cache(maxsize=None)
+def _tail_takes_inplace(cls: type) -> bool:
+    """Whether ``cls.forward_tail`` accepts ``inplace`` (a subclass or another module may keep the
+    two-argument form)."""
+    try:
+        params = inspect.signature(cls.forward_tail).parameters
+    except (TypeError, ValueError):
+        return False
+    return "inplace" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class _Tail:
     """A residual block's tail ``relu(attn(out) + identity)``, formed by the attention module's
     ``forward_tail(out, identity, inplace=True)`` where it has one (CBAM's fused path does it in its
-    last pass, and in inference over ``out``, as torchvision's ``out += identity`` does)."""
+    last pass, and in inference over ``out``, as torchvision's ``out += identity`` does; a
+    ``forward_tail(out, identity)`` without ``inplace`` is called as such)."""
+
+    @torch.jit.unused
+    def _fused_tail(self, out: Tensor, identity: Tensor) -> Tensor:
+        attn = self.attn
+        if _tail_takes_inplace(type(attn)):
+            return attn.forward_tail(out, identity, inplace=True)  # `out`: this block's own temporary
+        return attn.forward_tail(out, identity)
 
     @torch.jit.unused
     def _attention_tail(self) -> bool:
@@ -54,9 +75,7 @@ class BasicBlock(_Tail, nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
-            # relu(attn(out) + identity) in the attention's last pass, over `out` (this block's own temporary)
-            # where no gradient is recorded
-            return self.attn.forward_tail(out, identity, inplace=True)
+            return self._fused_tail(out, identity)  # relu(attn(out) + identity) in the attention's last pass
         return self.relu(self.attn(out) + identity)
 
 
@@ -86,7 +105,7 @@ class Bottleneck(_Tail, nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if hasattr(self.attn, "forward_tail") and not torch.jit.is_scripting() and self._attention_tail():
-            return self.attn.forward_tail(out, identity, inplace=True)
+            return self._fused_tail(out, identity)
         return self.relu(self.attn(out) + identity)
 
 

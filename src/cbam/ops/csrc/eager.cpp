@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/graph_task.h>
+#include <torch/version.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
@@ -44,19 +45,26 @@ at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc, const at::TensorOptio
 
 std::atomic<int64_t> taken_over{0};  // buffers a backward wrote over: its gradient, x (for tests)
 
-// t's memory is its own: no view or other tensor shares the storage, and t spans all of it
+// t's memory is its own and torch's: no view or other tensor shares the storage, t spans all of it,
+// and torch allocated it (a resizable storage: not memory of numpy, a memmap, DLPack or from_blob,
+// which others own)
 bool whole(const at::Tensor& t) {
-  return t.storage().use_count() == 1 && !t.is_inference() && t.storage_offset() == 0 &&
-         t.numel() * t.element_size() == static_cast<int64_t>(t.storage().nbytes());
+  const auto& st = t.storage();
+  return st.use_count() == 1 && st.resizable() && st.allocator() != nullptr && !t.is_inference() &&
+         t.storage_offset() == 0 && t.numel() * t.element_size() == static_cast<int64_t>(st.nbytes());
 }
 
 // Whether nothing but this node refers to t, which it holds `own` references to: the Python object of a
 // tensor that has one holds one more reference while nothing in Python refers to that object
 // (PyObjectSlot::has_unique_reference), and counts as the node's.
 bool only_ours(const at::Tensor& t, size_t own) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
   const auto* slot = t.unsafeGetTensorImpl()->pyobj_slot();
   const bool py = slot->load_pyobj() != nullptr;
   if (py && !slot->has_unique_reference()) return false;
+#else  // the Python object's reference cannot be told apart here: only tensors without one qualify
+  const bool py = false;
+#endif
   return t.use_count() == own + (py ? 1 : 0) && whole(t);
 }
 
@@ -90,7 +98,12 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
                              ident, false);
     // r: y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre; the block output masks the tail's gradient
     const at::Tensor out = identity.defined() ? r[0] : at::Tensor();
-    ctx->save_for_backward({x, out, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], w1a, b1a, w2a, wca});
+    // a weight converted to the accumulation dtype is saved as well, so that changing it in place before
+    // the backward fails at unpacking, as for any op that saves its weights
+    auto orig = [](const at::Tensor& a, const at::Tensor& w) { return a.is_same(w) ? at::Tensor() : w; };
+    ctx->save_for_backward({x, out, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], w1a, b1a, w2a, wca,
+                            orig(w1a, w1), b1.defined() ? orig(b1a, b1) : at::Tensor(), orig(w2a, w2),
+                            orig(wca, wc)});
     ctx->saved_data["max_first"] = max_first;
     ctx->saved_data["b1"] = b1.defined();
     ctx->saved_data["b2"] = b2.defined();
@@ -122,7 +135,7 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     if (over_g) taken_over.fetch_add(1, std::memory_order_relaxed);
     // dx over x where the graph is freed after this backward and nothing but this node refers to x or
     // its memory: the node's own references are those it holds to mc, which its forward made and saved
-    const bool dx_over_x = !torch::autograd::get_current_graph_task_keep_graph() &&
+    const bool dx_over_x = ctx->needs_input_grad(0) && !torch::autograd::get_current_graph_task_keep_graph() &&
                            only_ours(x, static_cast<size_t>(mc.use_count()));
     at::Tensor dx_into;
     if (dx_over_x) {
@@ -160,6 +173,8 @@ at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto o = x.options().dtype(acc);
   const at::Tensor ident = identity.has_value() ? *identity : at::empty({0}, x.options());
+  // the grouped MLP (group > 1) is an at::mm: under autocast it would run in bfloat16 / float16
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   double scale = 1.0, shift = 0.0;
   if (bn_w.has_value()) {  // eval-mode BN, folded into the gate's affine in double (as _forward.py does)
     TORCH_CHECK(bn_b.has_value() && bn_mean.has_value() && bn_var.has_value(),
