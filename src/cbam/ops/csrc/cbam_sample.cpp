@@ -15,6 +15,7 @@
 #include "layout.h"
 #include "sample_args.h"
 #include "sample_common.h"
+#include "entries.h"
 
 namespace cbam_cpu {
 namespace {
@@ -339,15 +340,6 @@ std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::T
 // BN's du, formed from every sample's dms). Returns [dx, d identity (empty without out), dmc, dms (empty
 // when du is given), dwc (1, 2, k, k) summed over the samples]; Python forms the MLP's weight gradients.
 // Empty dmc0 / gms: those gradients are zero (the gates' own outputs unused).
-std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
-                                              const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
-                                              const at::Tensor& p_max, const at::Tensor& idx_c,
-                                              const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
-                                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                                              const at::Tensor& wc_in, const at::Tensor& sd, double scale,
-                                              bool max_first, const at::Tensor& du, bool over_g,
-                                              const at::Tensor& dx_into);
-
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,

@@ -15,24 +15,9 @@
 #include <cmath>
 #include <vector>
 
-namespace cbam_cpu {
-std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
-                                        double conv_bias, double scale, double shift, bool max_first,
-                                        bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
-                                        bool inplace);
-std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
-                                              const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
-                                              const at::Tensor& p_max, const at::Tensor& idx_c,
-                                              const at::Tensor& idx_s, const at::Tensor& dmc0, const at::Tensor& gms,
-                                              const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                                              const at::Tensor& wc, const at::Tensor& sd, double scale,
-                                              bool max_first, const at::Tensor& du, bool over_g,
-                                              const at::Tensor& dx_into);
-std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
-                                     const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2, const at::Tensor& pre);
+#include "entries.h"
 
+namespace cbam_cpu {
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
