@@ -98,12 +98,17 @@ def per_sample(K: ModuleType, x: Tensor) -> bool:
     return fits and (per <= SMALL_SAMPLE or n % threads == 0 or n >= 4 * threads)
 
 
+# Below this many MLP weights (w1) the per-sample forward runs the MLP per sample (group 1), and the
+# per-sample backward handles it (see mlp_group, _backward.backward).
+GROUP_MIN_WEIGHTS = 1 << 17
+
+
 def mlp_group(x: Tensor, w1: Tensor) -> int:
     """How many samples the per-sample forward pools before one batched MLP call (1: per sample).
     With ~2 MB of MLP weights (C = 2048) a (G, C) x (C, hid) matmul beats G mat-vecs once G >= 8
     (below that BLAS is slower); the G samples (a thread's share, in equal groups that fit half
     the last-level cache across threads) wait in cache for the rest of the forward."""
-    if w1.numel() < 1 << 17:
+    if w1.numel() < GROUP_MIN_WEIGHTS:
         return 1
     n, threads = x.shape[0], torch.get_num_threads()
     share = -(-n // threads)

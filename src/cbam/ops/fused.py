@@ -266,12 +266,12 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
               b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor], max_first: bool,
               inplace: bool = False, bn: Optional[Tuple[Tensor, Tensor, Tensor, Tensor, float]] = None
               ) -> Optional[Tensor]:
-    """:func:`run_checked`'s ``y`` for the common call of a module without BatchNorm, in eager mode, in
-    fewer Python steps; None where the call needs :func:`run_checked` (C++ kernels not loaded yet, a
-    compiler, exporter, tracer or dispatch mode active, a dtype, device or layout the kernels do not take
-    directly, an ``identity`` unlike ``x``, autocast where the kernels would not run per sample).
-    Inside a network every Python step meets caches
-    that the layers before it have flushed and costs several times its warm time: the checks here are
+    """:func:`run_checked`'s ``y`` for the common eager call (no BatchNorm in the spatial gate, or an
+    eval-mode one in inference), in fewer Python steps; None where the call needs :func:`run_checked`
+    (C++ kernels not loaded yet, a compiler, exporter, tracer or dispatch mode active, a dtype, device
+    or layout the kernels do not take directly, an ``identity`` unlike ``x``, autocast where the
+    kernels would not run per sample). Inside a network every Python step meets caches that the
+    layers before it have flushed and costs several times its warm time: the checks here are
     C-level calls where one exists. ``inplace``: where no gradient is recorded, ``y`` is written over
     ``x`` (a block's own temporary: no fresh output to bring into cache), as ``nn.ReLU(inplace=True)``.
     ``bn``: an eval-mode BatchNorm of the spatial gate, ``(weight, bias, running_mean, running_var,
@@ -294,14 +294,14 @@ def run_eager(x: Tensor, identity: Optional[Tensor], w1: Tensor, b1: Optional[Te
         # node, no Python between autograd and the kernels
         if bn is not None:
             return None
-        if w1.numel() < 1 << 17 and F.per_sample(K, x):
+        if w1.numel() < F.GROUP_MIN_WEIGHTS and F.per_sample(K, x):
             return K.train_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first)
         return None if torch._C._is_any_autocast_enabled() else \
             _EagerFusedY.apply(K, x, w1, b1, w2, b2, wc, bc, max_first, identity)
     if F.per_sample(K, x):  # one C++ call; its kernels keep their small math in float32 and call no op
         # that autocast would route (the batch-wide passes' MLP does: F.forward's autocast guard)
         return K.infer_forward(x, w1, b1, w2, b2, wc, bc, identity, max_first, inplace,
-                               1 if w1.numel() < 1 << 17 else F.mlp_group(x, w1), *(bn or _NO_BN))
+                               1 if w1.numel() < F.GROUP_MIN_WEIGHTS else F.mlp_group(x, w1), *(bn or _NO_BN))
     if bn is not None or torch._C._is_any_autocast_enabled():
         return None
     return F.forward(K, *_no_bn_args(x, w1, b1, w2, b2, wc, bc, max_first, False, identity), inplace)[0]

@@ -66,6 +66,27 @@ double value(const at::Tensor& t) {
 using Opt = c10::optional<at::Tensor>;
 at::Tensor opt(const Opt& t) { return t.has_value() ? *t : at::Tensor(); }
 
+// The arguments forward_samples takes, as both entries prepare them: weights in the accumulation
+// dtype (absent biases empty), the conv weight in any layout (the kernels copy it), the conv bias as a
+// number, an absent identity empty.
+struct KernelArgs {
+  at::Tensor w1, b1, w2, b2, wc, ident;
+  double cb;
+  KernelArgs(const at::Tensor& x, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
+             const at::Tensor& b2_, const at::Tensor& wc_, const at::Tensor& bc, const at::Tensor& identity) {
+    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const auto o = x.options().dtype(acc);
+    w1 = as_acc(w1_, acc, o), b1 = as_acc(b1_, acc, o), w2 = as_acc(w2_, acc, o), b2 = as_acc(b2_, acc, o);
+    wc = wc_.scalar_type() == acc ? wc_ : wc_.to(acc);
+    ident = identity.defined() ? identity : at::empty({0}, x.options());
+    cb = bc.defined() ? value(bc) : 0.0;
+  }
+};
+
+// What the backward needs to know of the forward's arguments, in one saved integer (a map entry each
+// was a string lookup per flag and call).
+enum Flag : int64_t { kMaxFirst = 1, kB1 = 2, kB2 = 4, kBc = 8, kTail = 16 };
+
 struct TrainNode : public torch::autograd::Function<TrainNode> {
   // -> y = cbam(x) (relu(cbam(x) + identity) with an identity); absent biases / identity undefined
   // (optional tensors: an undefined tensor cannot be a node's input)
@@ -73,27 +94,19 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
                             const at::Tensor& w2, const Opt& b2_, const at::Tensor& wc, const Opt& bc_,
                             const Opt& identity_, bool max_first) {
     const at::Tensor b1 = opt(b1_), b2 = opt(b2_), bc = opt(bc_), identity = opt(identity_);
-    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const auto o = x.options().dtype(acc);
-    const at::Tensor w1a = as_acc(w1, acc, o), b1a = as_acc(b1, acc, o), w2a = as_acc(w2, acc, o);
-    const at::Tensor wca = wc.scalar_type() == acc ? wc : wc.to(acc);  // any layout: the kernels copy it
-    const double cb = bc.defined() ? value(bc) : 0.0;
-    const at::Tensor ident = identity.defined() ? identity : at::empty({0}, x.options());
-    auto r = forward_samples(x, w1a, b1a, w2a, as_acc(b2, acc, o), wca, cb, 1.0, 0.0, max_first, true, true, 1,
-                             ident, false);
+    const KernelArgs a(x, w1, b1, w2, b2, wc, bc, identity);
+    auto r = forward_samples(x, a.w1, a.b1, a.w2, a.b2, a.wc, a.cb, 1.0, 0.0, max_first, true, true, 1, a.ident,
+                             false);
     // r: y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre; the block output masks the tail's gradient
     const at::Tensor out = identity.defined() ? r[0] : at::Tensor();
     // a weight converted to the accumulation dtype is saved as well, so that changing it in place before
     // the backward fails at unpacking, as for any op that saves its weights
-    auto orig = [](const at::Tensor& a, const at::Tensor& w) { return a.is_same(w) ? at::Tensor() : w; };
-    ctx->save_for_backward({x, out, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], w1a, b1a, w2a, wca,
-                            orig(w1a, w1), b1.defined() ? orig(b1a, b1) : at::Tensor(), orig(w2a, w2),
-                            orig(wca, wc)});
-    ctx->saved_data["max_first"] = max_first;
-    ctx->saved_data["b1"] = b1.defined();
-    ctx->saved_data["b2"] = b2.defined();
-    ctx->saved_data["bc"] = bc.defined();
-    ctx->saved_data["tail"] = identity.defined();
+    auto orig = [](const at::Tensor& c, const at::Tensor& w) { return c.is_same(w) ? at::Tensor() : w; };
+    ctx->save_for_backward({x, out, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], a.w1, a.b1, a.w2, a.wc,
+                            orig(a.w1, w1), b1.defined() ? orig(a.b1, b1) : at::Tensor(), orig(a.w2, w2),
+                            orig(a.wc, wc)});
+    ctx->saved_data["flags"] = (max_first ? kMaxFirst : 0) | (b1.defined() ? kB1 : 0) | (b2.defined() ? kB2 : 0) |
+                               (bc.defined() ? kBc : 0) | (identity.defined() ? kTail : 0);
     return r[0];
   }
 
@@ -108,7 +121,8 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     const auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &mc = s[2], &ms = s[3], &p_avg = s[4], &p_max = s[5], &idx_c = s[6], &sd = s[7];
     const at::Tensor &idx_s = s[8], &pre = s[9], &w1a = s[10], &b1a = s[11], &w2a = s[12], &wca = s[13];
-    const bool tail = ctx->saved_data["tail"].toBool();
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool tail = flags & kTail;
     const int64_t N = x.size(0), HW = x.size(2) * x.size(3);
     const auto fmt = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
     at::Tensor g = std::move(grads[0]);
@@ -131,16 +145,14 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     const at::Tensor none = at::empty({0}, mc.options());
     auto r = backward_samples_into(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg,
                                    p_max, idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
-                                   ctx->saved_data["max_first"].toBool(), none, over_g, dx_into);
+                                   flags & kMaxFirst, none, over_g, dx_into);
     // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
     auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
     at::Tensor dbc;
-    if (ctx->saved_data["bc"].toBool()) dbc = (r[3] * ms.view({N, HW}) * (1 - ms.view({N, HW}))).sum().reshape({1});
+    if (flags & kBc) dbc = (r[3] * ms.view({N, HW}) * (1 - ms.view({N, HW}))).sum().reshape({1});
     // gradients in the accumulation dtype: the engine casts each to its input's dtype
-    return {r[0],      m[2], ctx->saved_data["b1"].toBool() ? m[4] : at::Tensor(),
-            m[3],      ctx->saved_data["b2"].toBool() ? m[5] : at::Tensor(),
-            r[4],      dbc,  tail ? r[1] : at::Tensor(),
-            at::Tensor()};
+    return {r[0], m[2], (flags & kB1) ? m[4] : at::Tensor(), m[3], (flags & kB2) ? m[5] : at::Tensor(),
+            r[4], dbc,  tail ? r[1] : at::Tensor(), at::Tensor()};
   }
 };
 
@@ -155,9 +167,7 @@ at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
                          bool max_first, bool inplace, int64_t group, const c10::optional<at::Tensor>& bn_w,
                          const c10::optional<at::Tensor>& bn_b, const c10::optional<at::Tensor>& bn_mean,
                          const c10::optional<at::Tensor>& bn_var, double eps) {
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto o = x.options().dtype(acc);
-  const at::Tensor ident = identity.has_value() ? *identity : at::empty({0}, x.options());
+  const KernelArgs a(x, w1, opt(b1), w2, opt(b2), wc, opt(bc), opt(identity));
   // the grouped MLP (group > 1) is an at::mm: under autocast it would run in bfloat16 / float16
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   double scale = 1.0, shift = 0.0;
@@ -167,9 +177,8 @@ at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
     scale = value(*bn_w) / std::sqrt(value(*bn_var) + eps);
     shift = value(*bn_b) - value(*bn_mean) * scale;
   }
-  return forward_samples(x, as_acc(w1, acc, o), as_acc(opt(b1), acc, o), as_acc(w2, acc, o), as_acc(opt(b2), acc, o),
-                         wc.scalar_type() == acc ? wc : wc.to(acc), bc.has_value() ? value(*bc) : 0.0, scale, shift,
-                         max_first, false, true, group, ident, inplace)[0];
+  return forward_samples(x, a.w1, a.b1, a.w2, a.b2, a.wc, a.cb, scale, shift, max_first, false, true, group, a.ident,
+                         inplace)[0];
 }
 
 // The module's training call for a configuration without spatial BatchNorm whose kernels run per
