@@ -103,3 +103,28 @@ def test_nan_in_the_identity_stays_nan_and_gets_no_gradient(monkeypatch, layout,
     assert torch.equal(y.detach().isnan(), nan)
     assert (idn.grad[nan] == 0).all() and idn.grad.isfinite().all() and x.grad.isfinite().all()
     torch.testing.assert_close(idn.grad, torch.where(y.detach() > 0, g, torch.zeros_like(g)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c", [16, 32, 24])
+def test_exact_ties_round_to_even(layout, dtype, c):
+    """Saturated gates (both exactly 1.0) make the block tail's output relu(x + identity) formed in
+    float32; x = 1 + k ulp and identity = +-half an ulp (or 1.5 ulp) put most sums exactly halfway
+    between two storage values, which must go to the even one as ``Tensor.to`` rounds (round half up
+    or truncation would not)."""
+    m = cbam.CBAM(c, reduction=4, impl="fused")
+    for p in m.parameters():
+        p.data.fill_(10.0)  # x >= 1: every pre-activation is large and positive, both sigmoids give 1.0
+    ulp = 2.0 ** -(7 if dtype == torch.bfloat16 else 10)
+    g = torch.Generator().manual_seed(c)
+    x = 1 + ulp * torch.randint(0, 64, (4, c, 9, 9), generator=g).float()
+    half = torch.tensor([0.5, -0.5, 1.5, -1.5, 0.0])[torch.randint(0, 5, x.shape, generator=g)]
+    x, idn = x.to(dtype).contiguous(memory_format=layout), (half * ulp).to(dtype).contiguous(memory_format=layout)
+    with torch.no_grad():
+        gate = m(x)
+        y = m.forward_tail(x, idn)
+    assert torch.equal(gate, x), "the gates are not saturated: the test's premise fails"
+    want = torch.relu(x.float() + idn.float()).to(dtype)
+    assert ((x.float() + idn.float()).to(dtype).float() != x.float() + idn.float()).float().mean() > 0.5
+    assert torch.equal(y.view(torch.int16), want.view(torch.int16))

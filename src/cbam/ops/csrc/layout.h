@@ -230,6 +230,12 @@ struct NHWC {
 
   template <typename T, typename A>
   static void apply(const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, const T* id, T* y) {
+    if constexpr (kRows16<T, A>) {
+      if (C % 16 == 0) {
+        if (id) return apply_rows16<true>(x, C, HW, mc, ms, id, y);
+        return apply_rows16<false>(x, C, HW, mc, ms, id, y);
+      }
+    }
     if constexpr (kVecElementwise<T, A>) {
       if (C % 8 == 0) return apply_rows(x, C, HW, mc, ms, id, y);
     }
@@ -292,6 +298,9 @@ struct NHWC {
   template <bool Tail, typename T, typename A>
   static void input_grad_t(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
                          const A* off, T* dx, T* did) {
+    if constexpr (kRows16<T, A>) {
+      if (C % 16 == 0) return input_grad_rows16<Tail>(g, o, C, HW, mc, ms, a, off, dx, did);
+    }
     if constexpr (kVecElementwise<T, A>) {
       if (C % 8 == 0) return input_grad_rows(g, Tail ? o : nullptr, C, HW, mc, ms, a, off, dx, did);
     }

@@ -22,6 +22,16 @@ template <typename T, typename A>
 constexpr bool kNhwc16 = std::is_same_v<A, float> &&
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
 
+// The 16-lane element-wise row passes of nhwc_avx512.h: declared for layout.h's discarded branches;
+// this build takes elementwise_avx2.h's 8-lane ones.
+template <typename T, typename A>
+constexpr bool kRows16 = false;
+template <bool Tail, typename T>
+void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, const float* ms, const T* id, T* y);
+template <bool Tail, typename T>
+void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
+                       const float* a, const float* off, T* dx, T* did);
+
 // Channel counts (multiples of 16) up to this take the transposed-tile path for the per-pixel
 // reductions (layout.h, short_rows): with spatial_block's register accumulators (pool_avx2.h) it beat
 // a horizontal reduction per pixel for 64 to 1024 channels on an AVX2 EPYC (in-process A/B,

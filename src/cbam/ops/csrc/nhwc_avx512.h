@@ -31,6 +31,10 @@ constexpr bool kNhwc16 =
     false;
 #endif
 
+// Whether the 16-lane element-wise row passes (apply_rows16, input_grad_rows16) run on this build.
+template <typename T, typename A>
+constexpr bool kRows16 = kNhwc16<T, A>;
+
 #if !defined(CBAM_VEC_ELEMENTWISE)
 // Without F16C there are no element-wise vector passes (elementwise_avx2.h): the generic loops run.
 template <typename T, typename A>
@@ -48,6 +52,20 @@ inline __m512 load16(const c10::BFloat16* p) {  // bf16 is the top half of a flo
 }
 inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// 16 floats stored as T: bfloat16 rounded to nearest even with NaN kept NaN (pool.h's to_storage),
+// half by the conversion's round to nearest even (c10::Half's).
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(c10::BFloat16* p, __m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+inline void store16(c10::Half* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
 // r[i][j] <- r[j][i]: pairs of rows interleaved at 32-, 64-, 128- and 256-bit granularity.
@@ -214,6 +232,52 @@ inline void reduce_16(const T* g, const T* o, const T* x, int64_t C, int64_t HW,
   }
 #else
   (void)g, (void)o, (void)x, (void)C, (void)HW, (void)mc, (void)ms, (void)dmc, (void)dms;
+#endif
+}
+
+// The element-wise passes over pixel rows of C channels (a multiple of 16), 16 lanes at a time. The
+// generic loops run one C-long vector loop per pixel, whose set-up costs as much as a 16-channel row
+// (half the 16-channel forward's time went there). The expressions are the generic loops' (layout.h).
+// y = x * mc * ms[p], or relu(y + identity) with the block tail (Tail).
+template <bool Tail, typename T>
+inline void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, const float* ms, const T* id, T* y) {
+#if defined(__AVX512F__)
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t p = 0; p < HW; ++p) {
+    const __m512 s = _mm512_set1_ps(ms[p]);
+    const int64_t r = p * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16(x + r + c0), _mm512_loadu_ps(mc + c0)), s);
+      if constexpr (Tail) v = _mm512_max_ps(zero, _mm512_add_ps(v, load16(id + r + c0)));  // (0, v): NaN stays
+      store16(y + r + c0, v);
+    }
+  }
+#else
+  (void)x, (void)C, (void)HW, (void)mc, (void)ms, (void)id, (void)y;
+#endif
+}
+
+// dx = (g mc ms[p] + mc a[p]) + off; did = g where given; g masked by the tail's output o > 0 (Tail).
+template <bool Tail, typename T>
+inline void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
+                              const float* a, const float* off, T* dx, T* did) {
+#if defined(__AVX512F__)
+  for (int64_t p = 0; p < HW; ++p) {
+    const __m512 s = _mm512_set1_ps(ms[p]), ap = _mm512_set1_ps(a[p]);
+    const int64_t r = p * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      __m512 gv = load16(g + r + c0);
+      if constexpr (Tail)
+        gv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load16(o + r + c0), _mm512_setzero_ps(), _CMP_GT_OQ), gv);
+      const __m512 w = _mm512_loadu_ps(mc + c0);
+      const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(gv, w), s), _mm512_mul_ps(w, ap)),
+                                     _mm512_loadu_ps(off + c0));
+      store16(dx + r + c0, v);
+      if (did) store16(did + r + c0, gv);
+    }
+  }
+#else
+  (void)g, (void)o, (void)C, (void)HW, (void)mc, (void)ms, (void)a, (void)off, (void)dx, (void)did;
 #endif
 }
 
