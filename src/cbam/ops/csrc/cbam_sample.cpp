@@ -65,9 +65,9 @@ struct Backward {
   A sc;
 
   struct Bufs {
-    std::vector<A> du, dsd, t, dz, da, dm, off, pbuf;
+    std::vector<A> du, dsd, t, dz, da, dm, off, acc, pbuf;
     Bufs(int64_t C, int64_t HW, int64_t hid)
-        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C) {}
+        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C), acc(C) {}
   };
 
   // The argmax routes index dx: in range, or the flags are set (checked per sample while the indices
@@ -104,7 +104,7 @@ struct Backward {
     A* av = b.dsd.data() + avg_ch * HW;  // becomes a = d s_avg / C
     const A* dmax = b.dsd.data() + max_ch * HW;
     for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
-    L::row_dot(xn, C, HW, av, dmcn);
+    L::row_dot(xn, C, HW, av, dmcn, b.acc.data());
     for (int64_t p = 0; p < HW; ++p) dmcn[isn[p]] += static_cast<A>(xn[L::at(isn[p], p, C, HW)]) * dmax[p];
     mlp_input_grad(dmcn, mcn, pa + n * C, pm + n * C, C, hid, w1, b1, w2, b.t.data(), b.dz.data(), b.da.data(),
                    b.dm.data());

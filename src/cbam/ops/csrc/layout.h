@@ -105,9 +105,9 @@ struct NCHW {
     }
   }
 
-  // dmc[c] += sum_p x[c, p] a[p]
+  // dmc[c] += sum_p x[c, p] a[p]  (acc: C values of scratch, for NHWC)
   template <typename T, typename A>
-  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
+  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc, A* /*acc*/) {
     for (int64_t c = 0; c < C; ++c) {
       dmc[c] += dot_row(x + c * HW, a, HW);
     }
@@ -147,6 +147,9 @@ struct NHWC {
   // Per channel over the HW pixel rows: running sum, max and first argmax in C-long vectors.
   template <typename T, typename A>
   static void pool_channels(const T* x, int64_t C, int64_t HW, bool need_idx, A* avg, A* mx, int32_t* ic) {
+    if constexpr (kRows16<T, A>) {
+      if (C % 16 == 0 && C >= kWideRow) return pool_channels_rows16(x, C, HW, need_idx, avg, mx, ic);
+    }
     if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return pool_channels_16(x, C, HW, need_idx, avg, mx, ic);
     }
@@ -257,7 +260,10 @@ struct NHWC {
 
   template <bool Tail, typename T, typename A>
   static void reduce_t(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
-                     A* dms, Scratch<A>& /*w*/) {
+                     A* dms, Scratch<A>& w) {
+    if constexpr (kRows16<T, A>) {
+      if (C % 16 == 0 && C >= kWideRow) return reduce_rows16<Tail>(g, o, x, C, HW, mc, ms, dmc, dms, w.s.data());
+    }
     if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return reduce_16<Tail>(g, o, x, C, HW, mc, ms, dmc, dms);
     }
@@ -276,7 +282,10 @@ struct NHWC {
   }
 
   template <typename T, typename A>
-  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc) {
+  static void row_dot(const T* x, int64_t C, int64_t HW, const A* a, A* dmc, A* acc) {
+    if constexpr (kRows16<T, A>) {
+      if (C % 16 == 0 && C >= kWideRow) return row_dot_rows16(x, C, HW, a, dmc, acc);
+    }
     if constexpr (kNhwc16<T, A>) {
       if (C % 16 == 0) return row_dot_16(x, C, HW, a, dmc);
     }

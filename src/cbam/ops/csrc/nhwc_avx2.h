@@ -29,6 +29,13 @@ constexpr bool kRows16 = false;
 template <bool Tail, typename T>
 void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, const float* ms, const T* id, T* y);
 template <bool Tail, typename T>
+void reduce_rows16(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const float* mc, const float* ms,
+                   float* dmc, float* dms, float* acc);
+template <typename T>
+void pool_channels_rows16(const T* x, int64_t C, int64_t HW, bool need_idx, float* avg, float* mx, int32_t* ic);
+template <typename T>
+void row_dot_rows16(const T* x, int64_t C, int64_t HW, const float* a, float* dmc, float* acc);
+template <bool Tail, typename T>
 void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
                        const float* a, const float* off, T* dx, T* did);
 

@@ -235,6 +235,102 @@ inline void reduce_16(const T* g, const T* o, const T* x, int64_t C, int64_t HW,
 #endif
 }
 
+// reduce_16 one pixel row at a time, for wide rows (C >= 64): reduce_16 walks the sample once per 16
+// channels, reading 64 bytes of every pixel row (of C * 4 bytes and more) per walk, where a sample
+// of a ResNet-50 stage (1.6 MB and up per tensor) outgrows L2 between walks; here g, o and x are read
+// once, in order. The per-channel sums stay in acc (C floats, L1); 16 pixels' dot products with mc
+// are reduced together (hsum16).
+template <bool Tail, typename T>
+inline void reduce_rows16(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const float* mc,
+                          const float* ms, float* dmc, float* dms, float* acc) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+  auto row = [&](int64_t p) {  // acc += g x ms[p] over the row; returns the row's g x mc, 16 lanes
+    const __m512 s = _mm512_set1_ps(ms[p]);
+    __m512 d0 = _mm512_setzero_ps(), d1 = d0;
+    int64_t c0 = 0;
+    for (; c0 + 32 <= C; c0 += 32) {
+      const __m512 v0 = gx16<Tail>(g, o, x, p * C + c0), v1 = gx16<Tail>(g, o, x, p * C + c0 + 16);
+      _mm512_storeu_ps(acc + c0, _mm512_fmadd_ps(v0, s, _mm512_loadu_ps(acc + c0)));
+      _mm512_storeu_ps(acc + c0 + 16, _mm512_fmadd_ps(v1, s, _mm512_loadu_ps(acc + c0 + 16)));
+      d0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(mc + c0), d0);
+      d1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(mc + c0 + 16), d1);
+    }
+    if (c0 < C) {
+      const __m512 v0 = gx16<Tail>(g, o, x, p * C + c0);
+      _mm512_storeu_ps(acc + c0, _mm512_fmadd_ps(v0, s, _mm512_loadu_ps(acc + c0)));
+      d0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(mc + c0), d0);
+    }
+    return _mm512_add_ps(d0, d1);
+  };
+  const int64_t H16 = HW / 16 * 16;
+  __m512 u[16];
+  for (int64_t p0 = 0; p0 < H16; p0 += 16) {
+    for (int i = 0; i < 16; ++i) u[i] = row(p0 + i);
+    _mm512_storeu_ps(dms + p0, _mm512_add_ps(_mm512_loadu_ps(dms + p0), hsum16(u)));
+  }
+  for (int64_t p = H16; p < HW; ++p) dms[p] += _mm512_reduce_add_ps(row(p));
+  for (int64_t c = 0; c < C; ++c) dmc[c] += acc[c];
+#else
+  (void)g, (void)o, (void)x, (void)C, (void)HW, (void)mc, (void)ms, (void)dmc, (void)dms, (void)acc;
+#endif
+}
+
+// row_dot_16 one pixel row at a time, for wide rows (C >= 64), as reduce_rows16: x read once, in
+// order; the sums in acc (C floats, L1).
+template <typename T>
+inline void row_dot_rows16(const T* x, int64_t C, int64_t HW, const float* a, float* dmc, float* acc) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+  for (int64_t p = 0; p < HW; ++p) {
+    const __m512 ap = _mm512_set1_ps(a[p]);
+    const T* r = x + p * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 16)
+      _mm512_storeu_ps(acc + c0, _mm512_fmadd_ps(load16(r + c0), ap, _mm512_loadu_ps(acc + c0)));
+  }
+  for (int64_t c = 0; c < C; ++c) dmc[c] += acc[c];
+#else
+  (void)x, (void)C, (void)HW, (void)a, (void)dmc, (void)acc;
+#endif
+}
+
+// pool_channels_16 one pixel row at a time, for wide rows (C >= 64), as reduce_rows16: x read once, in
+// order; the running sum, max and first argmax (strict >) are kept in avg, mx and ic themselves (L1).
+template <typename T>
+inline void pool_channels_rows16(const T* x, int64_t C, int64_t HW, bool need_idx, float* avg, float* mx,
+                                 int32_t* ic) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < C; ++c) avg[c] = 0.0f, mx[c] = -INFINITY;
+  if (need_idx) {
+    for (int64_t c = 0; c < C; ++c) ic[c] = 0;
+    for (int64_t p = 0; p < HW; ++p) {
+      const __m512i pi = _mm512_set1_epi32(static_cast<int32_t>(p));
+      const T* r = x + p * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const __m512 v = load16(r + c0), m = _mm512_loadu_ps(mx + c0);
+        _mm512_storeu_ps(avg + c0, _mm512_add_ps(_mm512_loadu_ps(avg + c0), v));
+        const __mmask16 gt = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ);
+        _mm512_storeu_ps(mx + c0, _mm512_mask_mov_ps(m, gt, v));
+        _mm512_mask_storeu_epi32(ic + c0, gt, pi);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < HW; ++p) {
+      const T* r = x + p * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const __m512 v = load16(r + c0);
+        _mm512_storeu_ps(avg + c0, _mm512_add_ps(_mm512_loadu_ps(avg + c0), v));
+        _mm512_storeu_ps(mx + c0, _mm512_max_ps(v, _mm512_loadu_ps(mx + c0)));  // (v, m): a NaN in v leaves m
+      }
+    }
+  }
+  const float n = static_cast<float>(HW);
+  for (int64_t c = 0; c < C; ++c) avg[c] /= n;
+#else
+  (void)x, (void)C, (void)HW, (void)need_idx, (void)avg, (void)mx, (void)ic;
+#endif
+}
+
 // The element-wise passes over pixel rows of C channels (a multiple of 16), 16 lanes at a time. The
 // generic loops run one C-long vector loop per pixel, whose set-up costs as much as a 16-channel row
 // (half the 16-channel forward's time went there). The expressions are the generic loops' (layout.h).
