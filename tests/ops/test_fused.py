@@ -2,7 +2,7 @@
 over a hypothesis-drawn shape/dtype/layout matrix; gradcheck; registration for compile/export."""
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import cbam
 from cbam import functional as Fn
@@ -25,6 +25,9 @@ def _pair(preset, c, dtype, train, **kw):
        dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
        channels_last=st.booleans(), preset=st.sampled_from(["paper", "official", "timm"]), train=st.booleans(),
        k=st.sampled_from([3, 7]))
+# one channel: every spatial max route lands on it, HW terms summed into one value (float's sequential
+# sum drifted to 2.4e-4 relative on this example; the kernels now sum the routes in double)
+@example(n=64, c=1, h=109, w=53, dtype=torch.float32, channels_last=False, preset="paper", train=False, k=3)
 def test_matches_reference(n, c, h, w, dtype, channels_last, preset, train, k):
     if n * c * h * w > 600_000:  # keep each example to a few ms on 2 cores
         c = max(1, 600_000 // (n * h * w))

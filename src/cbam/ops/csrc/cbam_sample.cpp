@@ -66,8 +66,9 @@ struct Backward {
 
   struct Bufs {
     std::vector<A> du, dsd, t, dz, da, dm, off, acc, pbuf;
+    std::vector<double> route;
     Bufs(int64_t C, int64_t HW, int64_t hid)
-        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C), acc(C) {}
+        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C), acc(C), route(C) {}
   };
 
   // The argmax routes index dx: in range, or the flags are set (checked per sample while the indices
@@ -105,7 +106,12 @@ struct Backward {
     const A* dmax = b.dsd.data() + max_ch * HW;
     for (int64_t p = 0; p < HW; ++p) av[p] /= static_cast<A>(C);
     L::row_dot(xn, C, HW, av, dmcn, b.acc.data());
-    for (int64_t p = 0; p < HW; ++p) dmcn[isn[p]] += static_cast<A>(xn[L::at(isn[p], p, C, HW)]) * dmax[p];
+    // the spatial max routes, summed in double: with few channels one channel collects up to HW terms
+    // one after another (C = 1: all of them), where float's sequential sum drifted to 2e-4 relative
+    std::fill(b.route.begin(), b.route.end(), 0.0);
+    for (int64_t p = 0; p < HW; ++p)
+      b.route[isn[p]] += static_cast<double>(widen<A>(xn[L::at(isn[p], p, C, HW)])) * static_cast<double>(dmax[p]);
+    for (int64_t c = 0; c < C; ++c) dmcn[c] += static_cast<A>(b.route[c]);
     mlp_input_grad(dmcn, mcn, pa + n * C, pm + n * C, C, hid, w1, b1, w2, b.t.data(), b.dz.data(), b.da.data(),
                    b.dm.data());
     for (int64_t c = 0; c < C; ++c) b.off[c] = b.da[c] / static_cast<A>(HW);
