@@ -138,6 +138,37 @@ std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, con
   return {part.sum(1), r_s};
 }
 
+// g where out > 0, else 0 (relu's backward through the block tail; a NaN output passes no gradient,
+// as the per-sample kernels' mask): torch.where took 1.4-1.7 ms on 8x2048x7x7 with 2 threads, this
+// one pass ~0.05 ms. 16-bit floats are compared on their bits: v > 0 iff 0 < bits <= +inf's bits.
+at::Tensor relu_grad(const at::Tensor& g, const at::Tensor& out) {
+  TORCH_CHECK(g.sizes() == out.sizes() && g.scalar_type() == out.scalar_type() && g.strides() == out.strides() &&
+              g.is_non_overlapping_and_dense(), "relu_grad: g and out of one shape, dtype and dense layout expected");
+  auto r = at::empty_like(g);
+  const int64_t n = g.numel();
+  auto run = [&](auto* gp, auto* op, auto* rp, auto positive) {
+    at::parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
+      _Pragma("omp simd")
+      for (int64_t i = b; i < e; ++i) {
+        const auto v = gp[i];  // loaded unconditionally: a select, not a branch per element
+        rp[i] = positive(op[i]) ? v : decltype(v)(0);
+      }
+    });
+  };
+  auto bits16 = [&](uint16_t inf) {
+    run(static_cast<const uint16_t*>(g.data_ptr()), static_cast<const uint16_t*>(out.data_ptr()),
+        static_cast<uint16_t*>(r.data_ptr()), [inf](uint16_t v) { return v > 0 && v <= inf; });
+  };
+  if (g.scalar_type() == at::kBFloat16) bits16(0x7F80);
+  else if (g.scalar_type() == at::kHalf) bits16(0x7C00);
+  else
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "relu_grad", [&] {
+      run(g.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+          [](scalar_t v) { return v > scalar_t(0); });
+    });
+  return r;
+}
+
 // out[n, c] = sum_p x[n, c, p] * a[n, p]
 at::Tensor row_dot(const at::Tensor& x, const at::Tensor& a) {
   TORCH_CHECK(x.is_contiguous(), "row_dot: contiguous NCHW input expected");
@@ -231,6 +262,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("inplace") = false);
   m.def("bwd_reduce", &bwd_reduce);
   m.def("row_dot", &row_dot);
+  m.def("relu_grad", &relu_grad);
   m.def("input_grad", &input_grad);
   m.def("empty_cache", &cbam_cpu::empty_cache);
   m.def("cached_bytes", &cbam_cpu::cached_bytes);
