@@ -306,3 +306,17 @@ def test_channels_last_module_weights(train):
     assert FW.backend_name(x) == "cpp"
     for got, want in zip(outs[1], outs[0]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.skipif(_cpu.load() is None, reason="C++ kernels not built here")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_relu_grad_is_where_out_positive(dtype):
+    """The batch-wide backward's relu mask: g where out > 0, else 0, bit for bit as torch.where, for
+    signed zeros, infinities, NaN and subnormal outputs (16-bit dtypes compare on their bits)."""
+    K = _cpu.load()
+    torch.manual_seed(0)
+    g, out = torch.randn(2, 64, 9, 9).to(dtype), torch.randn(2, 64, 9, 9).to(dtype)
+    special = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 1e-6, -1e-6])
+    out.view(-1)[:9] = special.to(dtype)
+    g.view(-1)[:9] = float("inf")
+    assert torch.equal(K.relu_grad(g, out), torch.where(out > 0, g, 0))
