@@ -51,6 +51,8 @@ inline void pool_block(const T* x, int64_t C, int64_t stride, int64_t len, const
   if (need_idx) std::copy(w.k.begin(), w.k.begin() + len, is);
 }
 
+constexpr int64_t kReduceBlock = 4096;
+
 struct NCHW {
   static int64_t at(int64_t c, int64_t p, int64_t /*C*/, int64_t HW) { return c * HW + p; }
 
@@ -93,9 +95,13 @@ struct NCHW {
   template <typename T, typename A>
   static void reduce(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const A* mc, const A* ms, A* dmc,
                      A* dms, Scratch<A>& w) {
+    // blocks of up to kReduceBlock pixels: each channel's segment of g, o and x is a longer sequential
+    // read (the prefetchers ramp up per segment); the per-pixel sums (16 KB at most) stay in L1
+    const int64_t block = std::min(HW, kReduceBlock);
+    if (static_cast<int64_t>(w.s.size()) < block) w.s.resize(block);
     A* acc = w.s.data();
-    for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
-      const int64_t len = std::min(kBlock, HW - p0);
+    for (int64_t p0 = 0; p0 < HW; p0 += block) {
+      const int64_t len = std::min(block, HW - p0);
       for (int64_t i = 0; i < len; ++i) acc[i] = 0;
       for (int64_t c = 0; c < C; ++c) {
         const int64_t r = c * HW + p0;
