@@ -165,6 +165,20 @@ def test_inference_entry_taken_and_equal_to_reference(monkeypatch, layout, dtype
     assert rel_err(y, want) < tol and rel_err(yt, want_t) < tol
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 5, 5), (8, 16, 224, 224), (1, 16, 3, 3), (3, 16, 7, 9)])
+def test_inference_buffers_reused_across_shapes(shape):
+    """The inference entry keeps its small per-sample buffers between calls (a fresh one past 4 MiB: the
+    224 x 224 batch): calls of growing, larger-than-kept and shrinking sizes, float32 and float64 in
+    turn, each equal to the reference."""
+    m, ref = _pair(torch.float32)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(shape).to(dtype)
+        with torch.no_grad():
+            y = m.to(dtype)(x)
+            want = ref(x.double())
+        assert rel_err(y, want) < (1e-10 if dtype == torch.float64 else 1e-5)
+
+
 def _tail_setup():
     m, ref = _pair()
     x = torch.randn(4, 16, 6, 6, dtype=torch.float64, requires_grad=True)

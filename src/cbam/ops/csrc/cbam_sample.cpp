@@ -189,6 +189,46 @@ void forward_run(Forward<L, T> f, const at::Tensor& p_avg, const at::Tensor& p_m
 
 }  // namespace
 
+namespace {
+
+// The forward's small per-sample buffers (accumulation dtype, or int32 for the routes); null where
+// unused: idx_c, idx_s and pre without need_idx.
+struct FwdBufs {
+  void *mc, *ms, *pa, *pm, *sd, *pre;
+  int32_t *ic, *is;
+};
+
+// Checks the arguments shared by both forward entries; returns the conv weight as a (2, k, k).
+at::Tensor check_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                         const at::Tensor& b2, const at::Tensor& wc_in, const at::Tensor& identity, const char* fn) {
+  const at::Tensor wc = conv_weight(wc_in);
+  check_input(x, fn);
+  check_like(identity, x, is_nhwc(x), "identity", fn);
+  check_weights(w1, b1, w2, b2, wc, x.size(1), x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat, fn);
+  return wc;
+}
+
+// Runs the per-sample forward over x into y and the buffers b (p_avg / p_max: b.pa / b.pm as (N, C)
+// tensors, read only by the grouped MLP, group > 1).
+void launch_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                    const at::Tensor& b2, const at::Tensor& wc, double conv_bias, double scale, double shift,
+                    bool max_first, bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
+                    const at::Tensor& y, const FwdBufs& b, const at::Tensor& p_avg, const at::Tensor& p_max) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t hid = w1.size(0), k = wc.size(-1), avg_ch = max_first ? 1 : 0;
+  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", forward_run,
+      {N, C, H, W, HW, hid, k, avg_ch, 1 - avg_ch, x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(identity),
+       apply_gate ? y.data_ptr<scalar_t>() : nullptr, w1.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b1),
+       w2.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b2), wc.data_ptr<acc_t<scalar_t>>(),
+       static_cast<acc_t<scalar_t>*>(b.mc), static_cast<acc_t<scalar_t>*>(b.ms), static_cast<acc_t<scalar_t>*>(b.pa),
+       static_cast<acc_t<scalar_t>*>(b.pm), static_cast<acc_t<scalar_t>*>(b.sd), static_cast<acc_t<scalar_t>*>(b.pre),
+       b.ic, b.is, static_cast<acc_t<scalar_t>>(conv_bias), static_cast<acc_t<scalar_t>>(scale),
+       static_cast<acc_t<scalar_t>>(shift), need_idx, apply_gate},
+      p_avg, p_max, w1, w2, group);
+}
+
+}  // namespace
+
 // Returns [y, mc, ms (N, 1, H, W), p_avg, p_max, idx_c, sd, idx_s, pre, 0, 0]. ms = sigmoid(scale * u +
 // shift) with u the conv output (bias included); with apply_gate=false (training-mode BN needs the
 // batch's statistics first) y is empty and the ms slot holds u. idx_c / idx_s / pre are empty unless
@@ -199,37 +239,49 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
                                         double conv_bias, double scale, double shift, bool max_first,
                                         bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
                                         bool inplace) {
-  const char* fn = "forward_samples";
-  const at::Tensor wc = conv_weight(wc_in);
-  check_input(x, fn);
-  TORCH_CHECK(group >= 1, fn, ": group must be >= 1");
-  const bool nhwc = is_nhwc(x);
-  check_like(identity, x, nhwc, "identity", fn);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  check_weights(w1, b1, w2, b2, wc, C, acc, fn);
-  const int64_t hid = w1.size(0), k = wc.size(-1);
-  auto fo = x.options().dtype(acc);
+  const at::Tensor wc = check_forward(x, w1, b1, w2, b2, wc_in, identity, "forward_samples");
+  TORCH_CHECK(group >= 1, "forward_samples: group must be >= 1");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, hid = w1.size(0);
+  auto fo = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   auto io = x.options().dtype(at::kInt);
-  auto y = apply_gate ? output_for(x, nhwc, inplace && !need_idx) : at::empty({0}, x.options());
+  auto y = apply_gate ? output_for(x, is_nhwc(x), inplace && !need_idx) : at::empty({0}, x.options());
   auto mc = at::empty({N, C}, fo), ms = at::empty({N, 1, H, W}, fo), sd = at::empty({N, 2, H, W}, fo);
   auto p_avg = at::empty({N, C}, fo), p_max = at::empty({N, C}, fo);
   auto idx_c = need_idx ? at::empty({N, C}, io) : at::empty({0}, io);
   auto idx_s = need_idx ? at::empty({N, HW}, io) : at::empty({0}, io);
   auto pre = need_idx ? at::empty({2, N, hid}, fo) : at::empty({0}, fo);  // MLP pre-activations, for backward
-  const int64_t avg_ch = max_first ? 1 : 0;
-  CBAM_DISPATCH_LAYOUT(x, "cbam_samples", forward_run,
-      {N, C, H, W, HW, hid, k, avg_ch, 1 - avg_ch, x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(identity),
-       apply_gate ? y.data_ptr<scalar_t>() : nullptr, w1.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b1),
-       w2.data_ptr<acc_t<scalar_t>>(), ptr_or_null<acc_t<scalar_t>>(b2), wc.data_ptr<acc_t<scalar_t>>(),
-       mc.data_ptr<acc_t<scalar_t>>(), ms.data_ptr<acc_t<scalar_t>>(), p_avg.data_ptr<acc_t<scalar_t>>(),
-       p_max.data_ptr<acc_t<scalar_t>>(), sd.data_ptr<acc_t<scalar_t>>(),
-       need_idx ? pre.data_ptr<acc_t<scalar_t>>() : nullptr, need_idx ? idx_c.data_ptr<int32_t>() : nullptr,
-       need_idx ? idx_s.data_ptr<int32_t>() : nullptr, static_cast<acc_t<scalar_t>>(conv_bias),
-       static_cast<acc_t<scalar_t>>(scale), static_cast<acc_t<scalar_t>>(shift), need_idx, apply_gate},
-      p_avg, p_max, w1, w2, group);
+  const FwdBufs b{mc.data_ptr(), ms.data_ptr(), p_avg.data_ptr(), p_max.data_ptr(), sd.data_ptr(),
+                  need_idx ? pre.data_ptr() : nullptr, need_idx ? idx_c.data_ptr<int32_t>() : nullptr,
+                  need_idx ? idx_s.data_ptr<int32_t>() : nullptr};
+  launch_forward(x, w1, b1, w2, b2, wc, conv_bias, scale, shift, max_first, need_idx, apply_gate, group, identity, y,
+                 b, p_avg, p_max);
   mark_written(y, x);
   return {y, mc, ms, p_avg, p_max, idx_c, sd, idx_s, pre, at::zeros({1}, fo), at::zeros({1}, fo)};
+}
+
+// forward_samples' y alone, for inference with the per-sample MLP (group 1): the gates, descriptors
+// and pooled vectors go to a buffer of the calling thread that is kept between calls (up to 4 MiB)
+// instead of seven tensors per call; at batch 1 their allocation was a quarter of a call's time.
+at::Tensor forward_samples_y(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                             const at::Tensor& b2, const at::Tensor& wc_in, double conv_bias, double scale,
+                             double shift, bool max_first, const at::Tensor& identity, bool inplace) {
+  const at::Tensor wc = check_forward(x, w1, b1, w2, b2, wc_in, identity, "forward_samples_y");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const size_t elem = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
+  const size_t count = static_cast<size_t>(N * (3 * C + 3 * HW)), bytes = count * elem;
+  thread_local std::vector<double> kept;  // double: aligned for either accumulation type
+  std::vector<double> fresh;
+  std::vector<double>& buf = bytes <= (4u << 20) ? kept : fresh;
+  if (buf.size() * sizeof(double) < bytes) buf.resize((bytes + sizeof(double) - 1) / sizeof(double));
+  char* p = reinterpret_cast<char*>(buf.data());
+  auto take = [&](int64_t n) { void* r = p; p += n * elem; return r; };
+  FwdBufs b{};
+  b.mc = take(N * C), b.pa = take(N * C), b.pm = take(N * C), b.ms = take(N * HW), b.sd = take(2 * N * HW);
+  auto y = output_for(x, is_nhwc(x), inplace);
+  launch_forward(x, w1, b1, w2, b2, wc, conv_bias, scale, shift, max_first, false, true, 1, identity, y, b,
+                 at::Tensor(), at::Tensor());
+  mark_written(y, x);
+  return y;
 }
 
 namespace {

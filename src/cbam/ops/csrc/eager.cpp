@@ -177,6 +177,8 @@ at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
     scale = value(*bn_w) / std::sqrt(value(*bn_var) + eps);
     shift = value(*bn_b) - value(*bn_mean) * scale;
   }
+  if (group == 1)
+    return forward_samples_y(x, a.w1, a.b1, a.w2, a.b2, a.wc, a.cb, scale, shift, max_first, a.ident, inplace);
   return forward_samples(x, a.w1, a.b1, a.w2, a.b2, a.wc, a.cb, scale, shift, max_first, false, true, group, a.ident,
                          inplace)[0];
 }

@@ -11,6 +11,9 @@ std::vector<at::Tensor> forward_samples(const at::Tensor& x, const at::Tensor& w
                                         double conv_bias, double scale, double shift, bool max_first,
                                         bool need_idx, bool apply_gate, int64_t group, const at::Tensor& identity,
                                         bool inplace);
+at::Tensor forward_samples_y(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                             const at::Tensor& b2, const at::Tensor& wc, double conv_bias, double scale,
+                             double shift, bool max_first, const at::Tensor& identity, bool inplace);
 at::Tensor apply_samples(const at::Tensor& x, const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& identity);
 std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                                 const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& gmc,
