@@ -33,6 +33,7 @@ def test_sources_compile_for_the_other_x86_family():
         pytest.skip("no C++ compiler: the kernels cannot build here")
     march = _other_march(_cpuinfo.cpu_flags())
     inc = [a for p in include_paths() + [sysconfig.get_paths()["include"]] for a in ("-isystem", p)]
-    p = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", f"-march={march}", "-fopenmp", *inc,
-                        os.path.join(CSRC, "cbam_sample.cpp")], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"-march={march}:\n{p.stderr[-3000:]}"
+    for src in ("cbam_sample.cpp", "sample_backward.cpp"):
+        p = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", f"-march={march}", "-fopenmp", *inc,
+                            os.path.join(CSRC, src)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"{src}, -march={march}:\n{p.stderr[-3000:]}"

@@ -13,7 +13,7 @@ _lock = threading.Lock()
 _mod: Optional[ModuleType] = None
 _failed: Optional[str] = None
 
-SOURCES = ("cbam_cpu.cpp", "cbam_sample.cpp", "mlp_cpu.cpp", "out_cache.cpp", "eager.cpp")
+SOURCES = ("cbam_cpu.cpp", "cbam_sample.cpp", "sample_backward.cpp", "mlp_cpu.cpp", "out_cache.cpp", "eager.cpp")
 # -march=native: the build is keyed by the CPU's flags (build_name), so it only runs on CPUs of the
 # type it was compiled on. The relaxed-associativity flags let gcc vectorise the float reductions.
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",

@@ -1,5 +1,6 @@
-// The extension's entry points, defined across cbam_sample.cpp (per-sample passes), eager.cpp (the
-// eager entries and the training node) and mlp_cpu.cpp, bound to Python in cbam_cpu.cpp.
+// The extension's entry points, defined across cbam_sample.cpp and sample_backward.cpp (per-sample
+// passes), eager.cpp (the eager entries and the training node) and mlp_cpu.cpp, bound to Python in
+// cbam_cpu.cpp.
 #pragma once
 #include <torch/extension.h>
 

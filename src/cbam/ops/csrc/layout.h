@@ -2,10 +2,10 @@
 //   NCHW (contiguous):      x[c * HW + p], a channel is a contiguous row of HW pixels;
 //   NHWC (channels_last):   x[p * C + c], a pixel is a contiguous row of C channels.
 // Each policy offers the same five passes (forward: pool_channels, pool_pixels, apply; backward:
-// reduce, row_dot, input_grad) and `at` for the max-pool routes, so cbam_sample.cpp writes the
-// orchestration once. In NHWC the per-pixel channel statistics of the spatial gate are contiguous
-// reductions and the per-channel ones are vector accumulations over rows: no strided access in
-// either layout. T is the storage type (float, double, half, bfloat16), A the accumulation type.
+// reduce, row_dot, input_grad) and `at` for the max-pool routes, so cbam_sample.cpp and
+// sample_backward.cpp write the orchestration once. In NHWC the per-pixel channel statistics of the
+// spatial gate are contiguous reductions and the per-channel ones are vector accumulations over
+// rows: no strided access in either layout. T is the storage type (float, double, half, bfloat16), A the accumulation type.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -334,3 +334,11 @@ struct NHWC {
 
 }  // namespace sample
 }  // namespace cbam_cpu
+
+// Calls RUN<Layout, scalar_t>(...) for x's memory layout and dtype.
+#define CBAM_DISPATCH_LAYOUT(x, name, RUN, ...)                                       \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, (x).scalar_type(), name, [&] { \
+    if (is_nhwc(x)) RUN<NHWC, scalar_t>(__VA_ARGS__);                                  \
+    else RUN<NCHW, scalar_t>(__VA_ARGS__);                                             \
+  })
+

@@ -1,5 +1,6 @@
-// Inner loops shared by the pass kernels (cbam_cpu.cpp) and the per-sample forward
-// (cbam_sample.cpp): one definition of each reduction, so both paths agree bit for bit.
+// Inner loops shared by the pass kernels (cbam_cpu.cpp) and the per-sample forward and backward
+// (cbam_sample.cpp, sample_backward.cpp): one definition of each reduction, so both paths agree bit
+// for bit.
 #pragma once
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>

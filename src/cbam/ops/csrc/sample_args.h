@@ -1,6 +1,6 @@
-// The per-sample entry points' argument checks and small tensor helpers (cbam_sample.cpp): layouts,
-// shapes and dtypes checked up front, so a wrong call fails with a message that names the argument
-// rather than deep inside a kernel.
+// The per-sample entry points' argument checks and small tensor helpers (cbam_sample.cpp,
+// sample_backward.cpp): layouts, shapes and dtypes checked up front, so a wrong call fails with a
+// message that names the argument rather than deep inside a kernel.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
