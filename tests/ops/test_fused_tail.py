@@ -225,7 +225,39 @@ def test_entry_points_check_shapes_and_indices():
     bad[0, 0] = 8  # a channel index past C: must not write outside dx
     with pytest.raises(RuntimeError, match="idx_s holds indices outside"):
         K.backward_samples(torch.randn_like(x), e, x, mc, ms, pa, pm, ic, bad, torch.zeros_like(mc),
-                           torch.zeros_like(ms), w1, e, w2, wc, sd, 1.0, False, e)
+                           torch.zeros_like(ms), w1, e, w2, wc, sd, 1.0, False, e, e)
+
+
+def test_backward_takes_the_hidden_masks_from_the_forward_pre_activations():
+    """The per-sample backward masks the MLP's hidden ReLUs by the signs of the forward's saved
+    pre-activations (the values the weight gradients use), not by a second computation that may round
+    the other way near 0: the true pre-activations give the recomputed masks' dx exactly, and negated
+    ones (every mask off) remove exactly the MLP's part of dx, a constant per channel away from the
+    channel max routes."""
+    K = _cpp()
+    m = randomize_(cbam.CBAM(16, 4))
+    x = torch.randn(2, 16, 5, 5)
+    w = _weights(m)
+    w1, w2, wc = w["fc1_weight"].detach(), w["fc2_weight"].detach(), w["conv_weight"].detach().view(2, 7, 7)
+    e = torch.empty(0)
+    y, mc, ms, pa, pm, ic, sd, is_, pre, _, _ = K.forward_samples(x, w1, e, w2, e, wc, 0.0, 1.0, 0.0, False, True,
+                                                                   True, 1, e)
+    g = torch.randn_like(x)
+
+    def dx(pre_arg):
+        return K.backward_samples(g, e, x, mc, ms.view(2, 25), pa, pm, ic, is_, e, e, w1, e, w2, wc, sd, 1.0, False,
+                                  e, pre_arg)[0]
+
+    base = dx(e)
+    assert torch.equal(dx(pre), base)
+    off = dx(-pre.abs() - 1)
+    diff = (base - off).view(2, 16, 25)
+    assert diff.abs().max() > 1e-6  # the MLP's part is there
+    routes = torch.zeros(2, 16, 25, dtype=torch.bool).scatter_(2, ic.long().unsqueeze(-1), True)
+    for n in range(2):
+        for c in range(16):
+            d = diff[n, c][~routes[n, c]]
+            torch.testing.assert_close(d, d[:1].expand_as(d), rtol=0, atol=1e-6)
 
 
 def test_hooks_and_a_swapped_activation_keep_the_block_call():

@@ -103,17 +103,18 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
     gmc, gms2 = (none if gmc is None else d(gmc)), (none if gms is None else d(gms).view(n, h * w))
     weights = (d(s.w1), d(s.b1), d(s.w2), conv_arg(s.wc, acc), d(s.sd))
     saved = (d(s.p_avg), d(s.p_max), s.idx_c, s.idx_s)
+    pre = none if s.pre is None else d(s.pre)  # the hidden ReLUs' masks, as the weight gradients see them
     if use_bn and training:
         dmc, dms = K.backward_reduce_samples(g, out, x, d(mc), ms2, gmc, gms2)
         du, dbn_w, dbn_b = conv_output_grad(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn, training,
                                             s.bmean, s.bvar, eps)
         dx, d_id, dmc, _, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, dmc, gms2, *weights, 1.0,
-                                                   max_first, d(du).view(n, h * w))
+                                                   max_first, d(du).view(n, h * w), pre)
         dbc = du.sum().reshape(1) if s.bc is not None else None
     else:
         scale = float((s.bvar.double() + eps).rsqrt() * s.bn_w.double()) if use_bn else 1.0
         dx, d_id, dmc, dms, dwc = K.backward_samples(g, out, x, d(mc), ms2, *saved, gmc, gms2, *weights, scale,
-                                                     max_first, none)
+                                                     max_first, none, pre)
         # the conv's gradients were formed in C++; the bias and BN ones are elementwise on (N, 1, H, W)
         dbc = dbn_w = dbn_b = None
         if use_bn or s.bc is not None:

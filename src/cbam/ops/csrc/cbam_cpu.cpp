@@ -140,7 +140,9 @@ std::vector<at::Tensor> bwd_reduce(const at::Tensor& g, const at::Tensor& x, con
 
 // g where out > 0, else 0 (relu's backward through the block tail; a NaN output passes no gradient,
 // as the per-sample kernels' mask): torch.where took 1.4-1.7 ms on 8x2048x7x7 with 2 threads, this
-// one pass ~0.05 ms. 16-bit floats are compared on their bits: v > 0 iff 0 < bits <= +inf's bits.
+// one pass ~0.05 ms. 16-bit floats are compared on their bits: v > 0 iff 0 < bits <= +inf's bits (so a
+// positive subnormal output passes its gradient even with flush-denormal set, where a float compare
+// would see 0).
 at::Tensor relu_grad(const at::Tensor& g, const at::Tensor& out) {
   TORCH_CHECK(g.sizes() == out.sizes() && g.scalar_type() == out.scalar_type() && g.strides() == out.strides() &&
               g.is_non_overlapping_and_dense(), "relu_grad: g and out of one shape, dtype and dense layout expected");

@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -160,10 +161,15 @@ at::Tensor forward_samples_y(const at::Tensor& x, const at::Tensor& w1, const at
   const size_t elem = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
   const size_t count = static_cast<size_t>(N * (3 * C + 3 * HW)), bytes = count * elem;
   thread_local std::vector<double> kept;  // double: aligned for either accumulation type
-  std::vector<double> fresh;
-  std::vector<double>& buf = bytes <= (4u << 20) ? kept : fresh;
-  if (buf.size() * sizeof(double) < bytes) buf.resize((bytes + sizeof(double) - 1) / sizeof(double));
-  char* p = reinterpret_cast<char*>(buf.data());
+  std::unique_ptr<double[]> fresh;         // past 4 MiB: for this call only (and not zero-filled)
+  char* p;
+  if (bytes <= (4u << 20)) {
+    if (kept.size() * sizeof(double) < bytes) kept.resize((bytes + sizeof(double) - 1) / sizeof(double));
+    p = reinterpret_cast<char*>(kept.data());
+  } else {
+    fresh.reset(new double[(bytes + sizeof(double) - 1) / sizeof(double)]);
+    p = reinterpret_cast<char*>(fresh.get());
+  }
   auto take = [&](int64_t n) { void* r = p; p += n * elem; return r; };
   FwdBufs b{};
   b.mc = take(N * C), b.pa = take(N * C), b.pm = take(N * C), b.ms = take(N * HW), b.sd = take(2 * N * HW);

@@ -145,7 +145,7 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
     const at::Tensor none = at::empty({0}, mc.options());
     auto r = backward_samples_into(g, tail ? s[1] : at::empty({0}, x.options()), x, mc, ms.view({N, HW}), p_avg,
                                    p_max, idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
-                                   flags & kMaxFirst, none, over_g, dx_into);
+                                   flags & kMaxFirst, none, over_g, dx_into, pre);
     // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
     auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
     at::Tensor dbc;

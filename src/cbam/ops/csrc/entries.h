@@ -24,7 +24,8 @@ std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& 
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
                                          const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc,
-                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du);
+                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du,
+                                         const at::Tensor& pre);
 std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                               const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                               const at::Tensor& p_max, const at::Tensor& idx_c,
@@ -32,7 +33,7 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
                                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                               const at::Tensor& wc, const at::Tensor& sd, double scale,
                                               bool max_first, const at::Tensor& du, bool over_g,
-                                              const at::Tensor& dx_into);
+                                              const at::Tensor& dx_into, const at::Tensor& pre);
 std::vector<at::Tensor> conv_backward(const at::Tensor& du, const at::Tensor& sd, const at::Tensor& wc);
 int64_t gradients_taken_over();
 at::Tensor infer_forward(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,

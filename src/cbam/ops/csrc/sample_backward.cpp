@@ -27,7 +27,7 @@ struct Backward {
   int64_t N, C, H, W, HW, hid, k, avg_ch, max_ch;
   const T *g, *o, *x;
   T *dx, *did;
-  const A *mc, *ms, *pa, *pm, *w1, *b1, *w2, *wc, *sd, *gms;
+  const A *mc, *ms, *pa, *pm, *w1, *b1, *w2, *wc, *sd, *gms, *pre;  // pre: (2, N, hid) or null
   const int32_t *ic, *is;
   A *dmc, *dms, *dwc;
   A sc;
@@ -81,7 +81,7 @@ struct Backward {
       b.route[isn[p]] += static_cast<double>(widen<A>(xn[L::at(isn[p], p, C, HW)])) * static_cast<double>(dmax[p]);
     for (int64_t c = 0; c < C; ++c) dmcn[c] += static_cast<A>(b.route[c]);
     mlp_input_grad(dmcn, mcn, pa + n * C, pm + n * C, C, hid, w1, b1, w2, b.t.data(), b.dz.data(), b.da.data(),
-                   b.dm.data());
+                   b.dm.data(), pre ? pre + n * hid : nullptr, pre ? pre + (N + n) * hid : nullptr);
     for (int64_t c = 0; c < C; ++c) b.off[c] = b.da[c] / static_cast<A>(HW);
     T* dn = dx + off;
     L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
@@ -128,7 +128,7 @@ struct Backward {
 
 // The backward's tensors; empty ones are optional (out: no tail; du: the per-sample pass A runs).
 struct BwdArgs {
-  at::Tensor g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du;
+  at::Tensor g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du, pre;
   at::Tensor dx, did, dmc, dms, dwc;  // outputs
   double scale;
   bool max_first;
@@ -150,7 +150,7 @@ Backward<L, T> make_backward(BwdArgs& a) {
   b.mc = a.mc.data_ptr<A>(), b.ms = a.ms.data_ptr<A>(), b.pa = ptr_or_null<A>(a.p_avg);
   b.pm = ptr_or_null<A>(a.p_max), b.w1 = ptr_or_null<A>(a.w1), b.b1 = ptr_or_null<A>(a.b1);
   b.w2 = ptr_or_null<A>(a.w2), b.wc = ptr_or_null<A>(a.wc), b.sd = ptr_or_null<A>(a.sd);
-  b.gms = ptr_or_null<A>(a.gms);
+  b.gms = ptr_or_null<A>(a.gms), b.pre = ptr_or_null<A>(a.pre);
   b.ic = ptr_or_null<int32_t>(a.idx_c), b.is = ptr_or_null<int32_t>(a.idx_s);
   b.dmc = ptr_mut<A>(a.dmc), b.dms = ptr_mut<A>(a.dms), b.dwc = ptr_mut<A>(a.dwc);
   b.sc = static_cast<A>(a.scale);
@@ -213,15 +213,17 @@ std::vector<at::Tensor> backward_reduce_samples(const at::Tensor& g, const at::T
 // of a folded eval-mode BN (1 without BN). dmc0: gmc (du empty) or pass A's dmc (du given: training-mode
 // BN's du, formed from every sample's dms). Returns [dx, d identity (empty without out), dmc, dms (empty
 // when du is given), dwc (1, 2, k, k) summed over the samples]; Python forms the MLP's weight gradients.
-// Empty dmc0 / gms: those gradients are zero (the gates' own outputs unused).
+// Empty dmc0 / gms: those gradients are zero (the gates' own outputs unused). `pre`: the forward's
+// (2, N, hid) MLP pre-activations, whose signs are the hidden ReLUs' masks (empty: formed again).
 std::vector<at::Tensor> backward_samples(const at::Tensor& g, const at::Tensor& out, const at::Tensor& x,
                                          const at::Tensor& mc, const at::Tensor& ms, const at::Tensor& p_avg,
                                          const at::Tensor& p_max, const at::Tensor& idx_c, const at::Tensor& idx_s,
                                          const at::Tensor& dmc0, const at::Tensor& gms, const at::Tensor& w1,
                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& wc_in,
-                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du) {
+                                         const at::Tensor& sd, double scale, bool max_first, const at::Tensor& du,
+                                         const at::Tensor& pre) {
   return backward_samples_into(g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, dmc0, gms, w1, b1, w2, wc_in, sd, scale,
-                               max_first, du, false, at::Tensor());
+                               max_first, du, false, at::Tensor(), pre);
 }
 
 // backward_samples; with `over_g` (the tail only) the identity's gradient, relu's masked g, is written
@@ -235,7 +237,7 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
                                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                               const at::Tensor& wc_in, const at::Tensor& sd, double scale,
                                               bool max_first, const at::Tensor& du, bool over_g,
-                                              const at::Tensor& dx_into) {
+                                              const at::Tensor& dx_into, const at::Tensor& pre) {
   const char* fn = "backward_samples";
   const at::Tensor wc = conv_weight(wc_in);
   check_grads(g, out, x, mc, ms, fn);
@@ -251,7 +253,8 @@ std::vector<at::Tensor> backward_samples_into(const at::Tensor& g, const at::Ten
   check_small(sd, {N, 2, H, W}, acc, "sd", fn);
   if (du.numel()) check_small(du, {N, HW}, acc, "du", fn);
   else if (gms.numel()) check_small(gms, {N, HW}, acc, "gms", fn);
-  BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du};
+  if (pre.numel()) check_small(pre, {2, N, w1.size(0)}, acc, "pre", fn);
+  BwdArgs a{g, out, x, mc, ms, p_avg, p_max, idx_c, idx_s, gms, w1, b1, w2, wc, sd, du, pre};
   const bool nhwc = is_nhwc(x);
   a.dx = dx_into.defined() ? dx_into : cached_like(x, nhwc);
   a.did = !out.numel() ? at::empty({0}, x.options()) : (over_g ? g : cached_like(x, nhwc));

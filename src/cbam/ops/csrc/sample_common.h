@@ -59,10 +59,14 @@ inline void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at:
     for (int64_t c = 0; c < C; ++c) mc[i * C + c] = sigmoid(zp[i * C + c] + (b2 ? 2 * b2[c] : A(0)));
 }
 
-// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python).
+// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python). The
+// hidden ReLUs' masks come from the forward's pre-activations where given (pre_avg / pre_max: the
+// values the weight gradients use too, so a pre-activation within rounding of 0 gets one mask for
+// all gradients), else they are formed again from w1.
 template <typename A>
 inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1,
-                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max) {
+                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max, const A* pre_avg = nullptr,
+                    const A* pre_max = nullptr) {
   for (int64_t c = 0; c < C; ++c) dz[c] = dmc[c] * mc[c] * (A(1) - mc[c]);
   for (int64_t j = 0; j < 2 * hid; ++j) t[j] = 0;
   for (int64_t c = 0; c < C; ++c) {
@@ -70,13 +74,19 @@ inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx,
     for (int64_t j = 0; j < hid; ++j) t[j] += wr[j] * dz[c];
   }
   for (int64_t j = 0; j < hid; ++j) {  // the ReLU masks of the two branches
-    const A* wr = w1 + j * C;
-    A sa = 0, sm = 0;
-    _Pragma("omp simd reduction(+:sa, sm)")
-    for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
-    const A b = b1 ? b1[j] : A(0);
-    t[hid + j] = sm + b > 0 ? t[j] : A(0);
-    t[j] = sa + b > 0 ? t[j] : A(0);
+    A za, zm;
+    if (pre_avg) {
+      za = pre_avg[j], zm = pre_max[j];
+    } else {
+      const A* wr = w1 + j * C;
+      A sa = 0, sm = 0;
+      _Pragma("omp simd reduction(+:sa, sm)")
+      for (int64_t c = 0; c < C; ++c) { sa += wr[c] * avg[c]; sm += wr[c] * mx[c]; }
+      const A b = b1 ? b1[j] : A(0);
+      za = sa + b, zm = sm + b;
+    }
+    t[hid + j] = zm > 0 ? t[j] : A(0);
+    t[j] = za > 0 ? t[j] : A(0);
   }
   for (int64_t c = 0; c < C; ++c) { d_avg[c] = 0; d_max[c] = 0; }
   for (int64_t j = 0; j < hid; ++j) {
