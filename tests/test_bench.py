@@ -24,6 +24,9 @@ def test_bench_smoke_writes_a_complete_report(tmp_path, capsys):
         eager_saved, fused_saved = (float(v) for v in cells[12].split("/"))
         assert fused_saved < eager_saved  # the fused op keeps less for backward, even here
     assert "allocator: " in md.splitlines()[0]
+    from cbam.ops import _cpu
+    if _cpu.load() is not None:  # the header names the kernels' build: another family may be measured
+        assert f"kernels: -march={_cpu.target_march()} ({_cpu.load().vector_isa()})" in md.splitlines()[0]
     # the network matrix: per (network, mode) a table with a column per configuration
     for title in ("resnet50, 2 @ 64, inference", "resnet50, 2 @ 64, training step", "resnet20, 4 @ 16, inference",
                   "resnet20, 4 @ 16, training step", "resnet20, 1 @ 16, inference", "resnet20, 1 @ 16, training step"):

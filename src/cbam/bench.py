@@ -147,6 +147,16 @@ def stage_rows(n: int, device: torch.device, dtype: torch.dtype, reps: int, timm
     return rows
 
 
+def kernels_note() -> str:
+    """Which C++ kernels run: the compile target and its vector family (``CBAM_CPU_MARCH`` can build
+    another family than the CPU's own), or why the torch kernels run instead."""
+    from .ops import _cpu
+    mod = _cpu.load()
+    if mod is None:
+        return f"kernels: torch (C++ unavailable: {_cpu.error()})"
+    return f"kernels: -march={_cpu.target_march()} ({mod.vector_isa()})"
+
+
 def allocator_note() -> str:
     """Which CPU allocator settings this process runs with (they change eager and network times)."""
     import os
@@ -199,7 +209,7 @@ def run_bench(device: str = "cpu", n: int = 32, dtype: str = "float32", reps: in
     dt = getattr(torch, dtype)
     machine = torch.cuda.get_device_name() if dev.type == "cuda" else BM.cpu_name()
     header = (f"## CBAM benchmark: {device} ({machine}), {torch.get_num_threads()} threads, {dtype}, N={n}, "
-              f"torch {torch.__version__}" + (f"; {allocator_note()}" if dev.type == "cpu" else ""))
+              f"torch {torch.__version__}" + (f"; {kernels_note()}; {allocator_note()}" if dev.type == "cpu" else ""))
     log(header)
     st = stage_rows(n, dev, dt, reps, timm_col, log, shapes) if stages else []
     md = markdown(st, header)

@@ -114,6 +114,7 @@ def test_load_builds_under_the_keyed_name(monkeypatch):
     monkeypatch.setattr(_cpu, "_mod", None)
     monkeypatch.setattr(_cpu, "_failed", None)
     monkeypatch.delenv("CBAM_DISABLE_CPP", raising=False)
+    monkeypatch.delenv(_cpu.MARCH_ENV, raising=False)
     assert _cpu.load() is not None
     assert seen["name"] == _cpu.build_name("asimd fp sve")
     assert seen["sources"] and all(os.path.isfile(f) for f in seen["sources"])
@@ -127,3 +128,61 @@ def test_native_bf16_reads_the_isa_flags():
     assert not CI.native_bf16("sse2 avx2 fma f16c")
     assert not CI.native_bf16("avx2 avx512f avx512bw")
     assert CI.native_bf16() == CI.native_bf16(CI.cpu_flags())
+
+
+def test_missing_isa_names_the_flags_a_target_needs():
+    macros = "#define __x86_64__ 1\n#define __SSE4_2__ 1\n#define __AVX2__ 1\n#define __FMA__ 1\n"
+    assert CI.missing_isa(macros, "sse4_2 avx2 fma") == []
+    assert CI.missing_isa(macros, "sse4_2 avx") == ["avx2", "fma"]
+    assert CI.missing_isa("#define __AVX512F__ 1\n#define __AVX512BW__ 1", "avx2 avx512f") == ["avx512bw"]
+
+
+def test_vector_family_follows_the_headers_choice():
+    assert CI.vector_family("#define __AVX512F__ 1\n#define __AVX2__ 1\n#define __FMA__ 1") == "avx512"
+    assert CI.vector_family("#define __AVX2__ 1\n#define __FMA__ 1") == "avx2"
+    assert CI.vector_family("#define __AVX2__ 1") == "generic"  # AVX2 without FMA: the generic loops
+    assert CI.vector_family("#define __SSE2__ 1") == "generic"
+
+
+def test_other_runnable_march_is_a_family_this_cpu_runs():
+    assert CI.other_runnable_march("sse2 avx2 fma f16c bmi2 avx512f", "x86_64") == "haswell"
+    assert CI.other_runnable_march("sse2 avx2 fma f16c bmi2", "x86_64") == "x86-64"
+    assert CI.other_runnable_march("sse2 avx512f", "x86_64") == "x86-64"  # no AVX2 flags: not haswell
+    assert CI.other_runnable_march("fp asimd", "aarch64") is None
+
+
+def test_target_march_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(_cpu.MARCH_ENV, raising=False)
+    assert _cpu.target_march() == "native"
+    monkeypatch.setenv(_cpu.MARCH_ENV, " haswell ")
+    assert _cpu.target_march() == "haswell"
+    monkeypatch.setenv(_cpu.MARCH_ENV, "haswell -O0")
+    with pytest.raises(ValueError, match="not a gcc -march name"):
+        _cpu.target_march()
+    assert _cpu.build_name("avx2 fma", "haswell") != _cpu.build_name("avx2 fma")
+
+
+def test_a_target_this_cpu_cannot_run_is_refused(monkeypatch, caplog):
+    built = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(_cpu, "target_macros", lambda march: "#define __AVX2__ 1\n#define __AVX512F__ 1\n")
+    monkeypatch.setattr(CI, "cpu_flags", lambda path=CI.PROC_CPUINFO: "sse2 avx avx2 fma")
+    monkeypatch.setattr(_cpu, "_mod", None)
+    monkeypatch.setattr(_cpu, "_failed", None)
+    monkeypatch.delenv("CBAM_DISABLE_CPP", raising=False)
+    monkeypatch.setenv(_cpu.MARCH_ENV, "skylake-avx512")
+    assert _cpu.load() is None and not built
+    assert "CBAM_CPU_MARCH=skylake-avx512 needs avx512f" in _cpu.error()
+
+
+def test_the_kernels_are_built_for_the_requested_target():
+    """Under CBAM_CPU_MARCH (the test script's second pass over the kernel tests) the kernels must load
+    and be of that target's vector family: a silent fallback to the torch kernels would pass every
+    other test without running the family under test."""
+    march = _cpu.target_march()
+    mod = _cpu.load()
+    if mod is None:
+        if march != "native":
+            pytest.fail(f"CBAM_CPU_MARCH={march}: the kernels did not build: {_cpu.error()}")
+        pytest.skip(f"no C++ kernels here: {_cpu.error()}")
+    assert mod.vector_isa() == CI.vector_family(_cpu.target_macros(march))

@@ -2,6 +2,9 @@
 import hashlib
 import logging
 import os
+import re
+import shutil
+import subprocess
 import threading
 from types import ModuleType
 from typing import List, Optional
@@ -14,27 +17,72 @@ _mod: Optional[ModuleType] = None
 _failed: Optional[str] = None
 
 SOURCES = ("cbam_cpu.cpp", "cbam_sample.cpp", "sample_backward.cpp", "mlp_cpu.cpp", "out_cache.cpp", "eager.cpp")
-# -march=native: the build is keyed by the CPU's flags (build_name), so it only runs on CPUs of the
-# type it was compiled on. The relaxed-associativity flags let gcc vectorise the float reductions.
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-          "-fno-trapping-math"]
+MARCH_ENV = "CBAM_CPU_MARCH"
 
 
-def build_name(cpu_flags: Optional[str] = None) -> str:
+def cflags(march: str = "native") -> List[str]:
+    """The compile flags for a gcc ``-march`` target. The default, native, builds for the host's own
+    ISA; the build is keyed by the CPU's flags (build_name), so it only runs on CPUs of the type it was
+    compiled on. The relaxed-associativity flags let gcc vectorise the float reductions."""
+    return ["-O3", f"-march={march}", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
+            "-fno-trapping-math"]
+
+
+CFLAGS = cflags()
+
+
+def target_march() -> str:
+    """The ``-march`` the kernels build for: ``CBAM_CPU_MARCH`` if set (a gcc target this CPU can run:
+    ``haswell`` on an AVX-512 machine builds and runs the AVX2 kernels, ``x86-64`` the generic loops,
+    e.g. to test those paths or to measure them), else ``native``."""
+    m = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", m):
+        raise ValueError(f"{MARCH_ENV}={m!r} is not a gcc -march name (e.g. haswell, skylake-avx512, x86-64, "
+                         f"native); unset it to build for this CPU")
+    return m
+
+
+def build_name(cpu_flags: Optional[str] = None, march: str = "native") -> str:
     """The extension's name, which names its build directory in torch's extension cache: keyed by the
-    CPU's ISA flags (``cpu_flags``; the host's from /proc/cpuinfo by default) and the compile flags.
-    A cache in a home directory shared by machines of different CPU types would otherwise hand an
-    AVX-512 binary to a CPU without it. Source edits need no key: ninja rebuilds what changed."""
+    CPU's ISA flags (``cpu_flags``; the host's from /proc/cpuinfo by default) and the compile flags
+    (``march`` among them). A cache in a home directory shared by machines of different CPU types
+    would otherwise hand an AVX-512 binary to a CPU without it. Source edits need no key: ninja
+    rebuilds what changed."""
     flags = " ".join(sorted(set((_cpuinfo.cpu_flags() if cpu_flags is None else cpu_flags).split())))
-    key = hashlib.sha256(f"{flags}\n{' '.join(CFLAGS)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{flags}\n{' '.join(cflags(march))}".encode()).hexdigest()[:16]
     return f"cbam_cpu_kernels_{key}"
+
+
+def target_macros(march: str) -> str:
+    """The compiler's predefined macros for ``-march=march`` (``-dM -E``): the ISA it may use."""
+    cxx = shutil.which(os.environ.get("CXX", "c++"))
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (c++ or $CXX) on PATH")
+    p = subprocess.run([cxx, f"-march={march}", "-dM", "-E", "-x", "c++", os.devnull], capture_output=True,
+                       text=True, timeout=60)
+    if p.returncode != 0:
+        raise ValueError(f"{MARCH_ENV}={march}: the compiler rejects it: {p.stderr.strip().splitlines()[-1:]}")
+    return p.stdout
+
+
+def _check_target(march: str) -> None:
+    """A named ``-march`` must not use an instruction this CPU lacks (the binary would die of SIGILL):
+    the target's ISA, from the compiler's predefined macros, must be among the CPU's flags."""
+    missing = _cpuinfo.missing_isa(target_macros(march), _cpuinfo.cpu_flags())
+    if missing:
+        raise ValueError(f"{MARCH_ENV}={march} needs {', '.join(missing)}, which this CPU lacks; pick a target "
+                         f"this CPU can run (e.g. haswell for AVX2, x86-64 for no vector extensions) or unset it")
 
 
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load as _load
+    march = target_march()
+    if march != "native":
+        _check_target(march)
     d = os.path.join(os.path.dirname(__file__), "csrc")
     src: List[str] = [os.path.join(d, f) for f in SOURCES]
-    return _load(build_name(), src, extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+    return _load(build_name(march=march), src, extra_cflags=cflags(march), extra_ldflags=["-fopenmp"],
+                 verbose=False)
 
 
 def load() -> Optional[ModuleType]:

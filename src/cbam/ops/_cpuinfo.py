@@ -112,3 +112,44 @@ def native_bf16(flags: Optional[str] = None) -> bool:
     """Whether the CPU (``flags``: the host's from /proc/cpuinfo by default) has bfloat16 arithmetic."""
     have = set((cpu_flags() if flags is None else flags).split())
     return any(f in have for f in BF16_FLAGS)
+
+
+# The compiler's predefined macros for the x86 extensions the kernels (or gcc's own code for a target)
+# may use, and the /proc/cpuinfo flag that says the CPU has each.
+ISA_MACROS = {"__SSE4_2__": "sse4_2", "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c",
+              "__BMI2__": "bmi2", "__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw",
+              "__AVX512DQ__": "avx512dq", "__AVX512VL__": "avx512vl", "__AVX512VNNI__": "avx512_vnni",
+              "__AVX512BF16__": "avx512_bf16", "__AVX512FP16__": "avx512_fp16", "__AMX_TILE__": "amx_tile"}
+
+
+def missing_isa(macros: str, flags: str) -> List[str]:
+    """The CPU flags a compile target needs (``macros``: the compiler's ``-dM -E`` output for it) that
+    the CPU (``flags``) lacks, sorted."""
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ") and len(line.split()) > 1}
+    have = set(flags.split())
+    return sorted({f for m, f in ISA_MACROS.items() if m in defined and f not in have})
+
+
+def vector_family(macros: str) -> str:
+    """The kernels' vector family for a compile target (``macros``: the compiler's ``-dM -E`` output), as
+    the csrc headers select it: "avx512", "avx2" or "generic"."""
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ") and len(line.split()) > 1}
+    if "__AVX512F__" in defined:
+        return "avx512"
+    return "avx2" if {"__AVX2__", "__FMA__"} <= defined else "generic"
+
+
+def other_runnable_march(flags: Optional[str] = None, machine: Optional[str] = None) -> Optional[str]:
+    """A gcc ``-march`` whose kernels this x86 CPU can run but its native build leaves out: the AVX2
+    family (haswell) on an AVX-512 CPU, the generic loops (x86-64) on one without; None elsewhere.
+    The test script runs the kernel tests a second time on it."""
+    if (platform.machine() if machine is None else machine) not in ("x86_64", "AMD64"):
+        return None
+    have = set((cpu_flags() if flags is None else flags).split())
+    if "avx512f" in have and {"avx2", "fma", "f16c", "bmi2"} <= have:
+        return "haswell"
+    return "x86-64"
+
+
+if __name__ == "__main__":  # for scripts/test.sh
+    print(other_runnable_march() or "")

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <algorithm>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -244,6 +245,17 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& mc, const at::Tenso
   return dx;
 }
 
+// The vector family this build's kernels use, as the csrc/*_avx512.h and *_avx2.h headers select it.
+std::string vector_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -270,4 +282,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cached_bytes", &cbam_cpu::cached_bytes);
   m.def("set_cache_limit", &cbam_cpu::set_cache_limit);
   m.def("cache_limit", &cbam_cpu::cache_limit);
+  m.def("vector_isa", &vector_isa);
 }
