@@ -1,8 +1,9 @@
 """Benchmark command: the C++ kernels of a git revision against the working tree's, in one process.
 
-`python benchmarks/kernel_ab.py --base REV [--reps 15] [--dtypes float32,bfloat16] [--aa]`
-builds REV's ``src/cbam/ops/csrc`` as a second extension (the same compile flags, its own name) and
-times ``CBAM.forward_tail`` at ResNet-20's stage shapes (batch 128) with each build in turn, in
+`python benchmarks/kernel_ab.py --base REV [--reps 15] [--dtypes float32,bfloat16] [--shapes 8x256x56x56,...] [--aa]`
+builds REV's ``src/cbam/ops/csrc`` as a second extension (the same compile flags and ``-march``,
+``CBAM_CPU_MARCH`` included; its own name) and times ``CBAM.forward_tail`` at ResNet-20's stage
+shapes (batch 128; ``--shapes`` for others) with each build in turn, in
 interleaved rounds, inference and forward+backward, NCHW and channels_last. It prints the median of
 the per-round ratios new / base and their middle half: a kernel change's effect, with the machine's
 drift cancelled. ``--aa`` times the base build against itself, the spread such a ratio shows with no
@@ -11,6 +12,7 @@ same arguments (a changed kernel signature fails with pybind's error naming the 
 """
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 from typing import Callable, Dict, List
@@ -31,13 +33,15 @@ def build_at(rev: str, root: str) -> object:
     """REV's kernels, extracted with ``git archive`` and compiled under a name of their own."""
     sha = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", rev], check=True, capture_output=True,
                          text=True).stdout.strip()
-    out = os.path.join(tempfile.gettempdir(), f"cbam_kernel_ab_{sha}")
+    march = _cpu.target_march()
+    name = f"cbam_kernel_ab_{sha}_{re.sub(r'[^A-Za-z0-9]', '_', march)}"
+    out = os.path.join(tempfile.gettempdir(), name)
     if not os.path.isdir(os.path.join(out, CSRC)):
         os.makedirs(out, exist_ok=True)
         tar = subprocess.run(["git", "-C", root, "archive", sha, CSRC], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", out], input=tar, check=True)
     src = [os.path.join(out, CSRC, f) for f in _cpu.SOURCES]
-    return load(f"cbam_kernel_ab_{sha}", src, extra_cflags=_cpu.CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+    return load(name, src, extra_cflags=_cpu.cflags(march), extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def _step(m: torch.nn.Module, shape, dtype: torch.dtype, fmt: torch.memory_format, train: bool, kernels: object
@@ -62,8 +66,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
+                    help="comma-separated NxCxHxW shapes (default: ResNet-20's stages at batch 128)")
     ap.add_argument("--aa", action="store_true", help="base against itself: the spread with no change")
     a = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+        if any(len(s) != 4 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--shapes takes comma-separated NxCxHxW shapes of positive sizes, e.g. 8x256x56x56; got {a.shapes!r}")
     bad = [d for d in a.dtypes.split(",") if d not in ("float32", "bfloat16", "float16")]
     if bad:
         ap.error(f"--dtypes takes float32, bfloat16 and float16, comma-separated; got {', '.join(bad)}")
@@ -81,7 +93,7 @@ def main() -> None:
     print("| shape | layout | dtype | inference new / base | middle half | fwd+bwd new / base | middle half |")
     print("|---|---|---|---:|---:|---:|---:|")
     try:
-        for shape in SHAPES:
+        for shape in shapes:
             m = cbam.CBAM(shape[1])
             for lay, fmt in LAYOUTS.items():
                 for name in a.dtypes.split(","):

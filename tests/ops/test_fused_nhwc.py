@@ -31,13 +31,13 @@ def _run(m, x, g, identity=None):
     return [y.float(), x.grad.float()] + ([] if idn is None else [idn.grad.float()])
 
 
-def _against_float64(c, dtype, tail, tol):
+def _against_float64(c, dtype, tail, tol, hw=(7, 9)):
     """A 4 x c x 7 x 9 channels_last input (63 pixels: the tile transpose leaves a 15-pixel remainder to
     the scalar loop) through the fused module, against the reference in float64."""
     ref, fus = _pair(c)
     torch.manual_seed(c + 1)
-    x = torch.randn(4, c, 7, 9).to(dtype).to(memory_format=torch.channels_last)
-    g = torch.randn(4, c, 7, 9)
+    x = torch.randn(4, c, *hw).to(dtype).to(memory_format=torch.channels_last)
+    g = torch.randn(4, c, *hw)
     idn = torch.randn_like(x) if tail else None
     assert fus.uses_fused(x)
     want = _run(ref.double(), x.double(), g.double(), None if idn is None else idn.double())
@@ -63,13 +63,23 @@ def test_channels_last_wide(c, tail):
     _against_float64(c, torch.float32, tail, dict(rtol=1e-4, atol=1e-4))
 
 
-@pytest.mark.parametrize("c", [16, 64])
-def test_channels_last_ties_route_to_the_first(c):
+@pytest.mark.parametrize("c", [64, 96])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tail", [False, True])
+def test_channels_last_wide_rows(c, dtype, tail):
+    """A sample past 64 KiB with C >= 64: the per-channel sums walk the sample once, row by row, on
+    AVX-512 and AVX2 builds (575 pixels: a remainder after blocks of 8 and of 16 pixels)."""
+    _against_float64(c, dtype, tail, TOL[dtype], hw=(23, 25))
+
+
+@pytest.mark.parametrize("c, hw", [(16, (6, 10)), (64, (6, 10)), (64, (24, 30))])
+def test_channels_last_ties_route_to_the_first(c, hw):
     """Integer-valued input: channel and pixel maxima tie often; the gradient routes through the
-    first maximum in both layouts, as the reference's max(dim) does."""
+    first maximum in both layouts, as the reference's max(dim) does (24 x 30 at 64 channels: the
+    single walk over wide rows)."""
     ref, fus = _pair(c)
     torch.manual_seed(7)
-    x = torch.randint(-3, 4, (4, c, 6, 10)).float()
+    x = torch.randint(-3, 4, (4, c, *hw)).float()
     x[0, 0] = 2.0  # a channel whose every pixel ties
     g = torch.randn_like(x)
     want = _run(ref, x, g)

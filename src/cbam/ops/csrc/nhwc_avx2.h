@@ -29,13 +29,6 @@ constexpr bool kRows16 = false;
 template <bool Tail, typename T>
 void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, const float* ms, const T* id, T* y);
 template <bool Tail, typename T>
-void reduce_rows16(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const float* mc, const float* ms,
-                   float* dmc, float* dms, float* acc);
-template <typename T>
-void pool_channels_rows16(const T* x, int64_t C, int64_t HW, bool need_idx, float* avg, float* mx, int32_t* ic);
-template <typename T>
-void row_dot_rows16(const T* x, int64_t C, int64_t HW, const float* a, float* dmc, float* acc);
-template <bool Tail, typename T>
 void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
                        const float* a, const float* off, T* dx, T* did);
 
@@ -179,6 +172,88 @@ inline void reduce_16(const T* g, const T* o, const T* x, int64_t C, int64_t HW,
     }
     _mm256_storeu_ps(dmc + c0, _mm256_add_ps(_mm256_loadu_ps(dmc + c0), _mm256_add_ps(s0, s1)));
   }
+}
+
+// The single walks over wide pixel rows (C >= 64, a multiple of 16) of nhwc_avx512.h, with two 8-lane
+// registers per 16 channels: the per-16-channel walks above read 32 bytes of every pixel row per walk,
+// and a ResNet-50 sample (1.6 MB and up per tensor) outgrows L2 between walks; here each tensor is read
+// once, in order, with the per-channel sums in a C-float buffer (L1).
+template <typename T, typename A>
+constexpr bool kWideRows = kNhwc16<T, A>;
+
+// dmc[c] += sum_p g x ms[p];  dms[p] += sum_c g x mc[c], one pixel row at a time; 8 pixels' dot products
+// with mc are reduced together (hsum8x8).
+template <bool Tail, typename T>
+inline void reduce_rows16(const T* g, const T* o, const T* x, int64_t C, int64_t HW, const float* mc,
+                          const float* ms, float* dmc, float* dms, float* acc) {
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+  auto row = [&](int64_t p) {  // acc += g x ms[p] over the row; returns the row's g x mc, 8 lanes
+    const __m256 s = _mm256_set1_ps(ms[p]);
+    __m256 d0 = _mm256_setzero_ps(), d1 = d0;
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      const __m256 v0 = gx8<Tail>(g, o, x, p * C + c0), v1 = gx8<Tail>(g, o, x, p * C + c0 + 8);
+      _mm256_storeu_ps(acc + c0, _mm256_fmadd_ps(v0, s, _mm256_loadu_ps(acc + c0)));
+      _mm256_storeu_ps(acc + c0 + 8, _mm256_fmadd_ps(v1, s, _mm256_loadu_ps(acc + c0 + 8)));
+      d0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(mc + c0), d0);
+      d1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(mc + c0 + 8), d1);
+    }
+    return _mm256_add_ps(d0, d1);
+  };
+  const int64_t H8 = HW / 8 * 8;
+  __m256 u[8];
+  for (int64_t p0 = 0; p0 < H8; p0 += 8) {
+    for (int i = 0; i < 8; ++i) u[i] = row(p0 + i);
+    _mm256_storeu_ps(dms + p0, _mm256_add_ps(_mm256_loadu_ps(dms + p0), hsum8x8(u)));
+  }
+  for (int64_t p = H8; p < HW; ++p) dms[p] += avx2::hsum8(row(p));
+  for (int64_t c = 0; c < C; ++c) dmc[c] += acc[c];
+}
+
+// dmc[c] += sum_p x[p, c] a[p], one pixel row at a time.
+template <typename T>
+inline void row_dot_rows16(const T* x, int64_t C, int64_t HW, const float* a, float* dmc, float* acc) {
+  for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+  for (int64_t p = 0; p < HW; ++p) {
+    const __m256 ap = _mm256_set1_ps(a[p]);
+    const T* r = x + p * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 8)
+      _mm256_storeu_ps(acc + c0, _mm256_fmadd_ps(load8(r + c0), ap, _mm256_loadu_ps(acc + c0)));
+  }
+  for (int64_t c = 0; c < C; ++c) dmc[c] += acc[c];
+}
+
+// Per channel: mean, max and first argmax (strict >) one pixel row at a time; the running values are
+// kept in avg, mx and ic themselves (L1).
+template <typename T>
+inline void pool_channels_rows16(const T* x, int64_t C, int64_t HW, bool need_idx, float* avg, float* mx,
+                                 int32_t* ic) {
+  for (int64_t c = 0; c < C; ++c) avg[c] = 0.0f, mx[c] = -INFINITY;
+  if (need_idx) {
+    for (int64_t c = 0; c < C; ++c) ic[c] = 0;
+    for (int64_t p = 0; p < HW; ++p) {
+      const __m256 pi = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(p)));
+      const T* r = x + p * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 8) {
+        const __m256 v = load8(r + c0), m = _mm256_loadu_ps(mx + c0);
+        _mm256_storeu_ps(avg + c0, _mm256_add_ps(_mm256_loadu_ps(avg + c0), v));
+        const __m256 gt = _mm256_cmp_ps(v, m, _CMP_GT_OQ);
+        _mm256_storeu_ps(mx + c0, _mm256_blendv_ps(m, v, gt));
+        float* k = reinterpret_cast<float*>(ic + c0);  // the routes blended as bit patterns
+        _mm256_storeu_ps(k, _mm256_blendv_ps(_mm256_loadu_ps(k), pi, gt));
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < HW; ++p) {
+      const T* r = x + p * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 8) {
+        const __m256 v = load8(r + c0);
+        _mm256_storeu_ps(avg + c0, _mm256_add_ps(_mm256_loadu_ps(avg + c0), v));
+        _mm256_storeu_ps(mx + c0, _mm256_max_ps(v, _mm256_loadu_ps(mx + c0)));  // (v, m): a NaN in v leaves m
+      }
+    }
+  }
+  const float n = static_cast<float>(HW);
+  for (int64_t c = 0; c < C; ++c) avg[c] /= n;
 }
 
 }  // namespace sample

@@ -35,6 +35,11 @@ constexpr bool kNhwc16 =
 template <typename T, typename A>
 constexpr bool kRows16 = kNhwc16<T, A>;
 
+// Whether the single walks over wide pixel rows (pool_channels_rows16, reduce_rows16, row_dot_rows16;
+// C >= 64, a multiple of 16) run on this build.
+template <typename T, typename A>
+constexpr bool kWideRows = kNhwc16<T, A>;
+
 #if !defined(CBAM_VEC_ELEMENTWISE)
 // Without F16C there are no element-wise vector passes (elementwise_avx2.h): the generic loops run.
 template <typename T, typename A>
