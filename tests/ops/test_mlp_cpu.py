@@ -69,3 +69,19 @@ def test_both_sides_of_the_small_mlp_loops(n, c, hid, keep_pre):
     got = K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, pre)
     for u, v in zip(got, want):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n,c,hid", [(128, 64, 4), (16, 512, 32)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_weight_gradients_only(n, c, hid, bias):
+    """input_grad=False (the per-sample backward, which formed d p per sample): d p_avg and d p_max come
+    back empty and the weight gradients are bit-identical to the full call's, on both sides of the
+    small-loop switch."""
+    dmc, mc, p_avg, p_max, w1, b1, w2 = _args(n, c, hid, bias, torch.float32, n + c)
+    b1 = torch.empty(0) if b1 is None else b1
+    pre = mlp_forward(p_avg, p_max, w1, b1 if b1.numel() else None, w2, None)[1].contiguous()
+    full = K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, pre)
+    part = K.mlp_backward(dmc, mc, p_avg, p_max, w1, b1, w2, pre, input_grad=False)
+    assert part[0].numel() == 0 and part[1].numel() == 0
+    for name, u, v in zip(["d w1", "d w2", "d b1", "d b2"], part[2:], full[2:]):
+        assert torch.equal(u, v), name

@@ -121,21 +121,22 @@ def _backward_samples(K: ModuleType, g: Tensor, gmc: Optional[Tensor], gms: Opti
             _, _, dbc, dbn_w, dbn_b = spatial_backward(dms.view(n, 1, h, w), s.ms, s.sd, s.wc, s.bc, s.bn_w, use_bn,
                                                        training, s.bmean, s.bvar, eps, need_input=False,
                                                        need_weight=False)
-    _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s)
+    _, _, dw1, dw2, db1, db2 = _mlp_backward(K, dmc, s, input_grad=False)  # the samples formed dp already
     return _grads_out(dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b,
                       None if s.out is None else d_id, s, use_bn, fill)
 
 
-def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved
+def _mlp_backward(K: ModuleType, dmc: Tensor, s: Saved, input_grad: bool = True
                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
     """:func:`._small.mlp_backward`, in one C++ parallel region where the kernels have it (as separate
-    torch calls, each of the five matmuls woke the thread pool again)."""
+    torch calls, each of the five matmuls woke the thread pool again). ``input_grad=False``: the C++
+    path leaves the first two (d p_avg, d p_max) empty and skips their product."""
     if not hasattr(K, "mlp_backward"):
         return mlp_backward(dmc, s.mc, s.p_avg, s.p_max, s.w1, s.b1, s.w2, s.pre)
     acc = s.mc.dtype
     d = lambda t: acc_arg(t, s.mc, acc)  # noqa: E731
     d_avg, d_max, dw1, dw2, db1, db2 = K.mlp_backward(d(dmc), d(s.mc), d(s.p_avg), d(s.p_max), d(s.w1), d(s.b1),
-                                                      d(s.w2), d(s.pre))
+                                                      d(s.w2), d(s.pre), input_grad)
     return d_avg, d_max, dw1, dw2, (None if s.b1 is None else db1), db2
 
 

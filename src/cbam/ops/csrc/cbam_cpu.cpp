@@ -271,7 +271,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("train_forward", &cbam_cpu::train_forward);
   m.def("infer_forward", &cbam_cpu::infer_forward);
   m.def("gradients_taken_over", &cbam_cpu::gradients_taken_over);
-  m.def("mlp_backward", &cbam_cpu::mlp_backward);
+  m.def("mlp_backward", &cbam_cpu::mlp_backward, py::arg("dmc"), py::arg("mc"), py::arg("p_avg"), py::arg("p_max"),
+        py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("pre"), py::arg("input_grad") = true);
   m.def("apply", &apply, py::arg("x"), py::arg("mc"), py::arg("ms"), py::arg("identity") = py::none(),
         py::arg("inplace") = false);
   m.def("bwd_reduce", &bwd_reduce);

@@ -147,7 +147,8 @@ struct TrainNode : public torch::autograd::Function<TrainNode> {
                                    p_max, idx_c, idx_s, none, none, w1a, b1a, w2a, wca, sd, 1.0,
                                    flags & kMaxFirst, none, over_g, dx_into, pre);
     // r: dx, d identity, dmc, dms, dwc (1, 2, k, k)
-    auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre);  // d p_avg, d p_max, dw1, dw2, db1, db2
+    // the weights' gradients only: the per-sample pass formed the MLP's input gradient already
+    auto m = mlp_backward(r[2], mc, p_avg, p_max, w1a, b1a, w2a, pre, false);  // -, -, dw1, dw2, db1, db2
     at::Tensor dbc;
     if (flags & kBc) dbc = (r[3] * ms.view({N, HW}) * (1 - ms.view({N, HW}))).sum().reshape({1});
     // gradients in the accumulation dtype: the engine casts each to its input's dtype

@@ -48,5 +48,5 @@ at::Tensor train_forward(const at::Tensor& x, const at::Tensor& w1, const c10::o
                          bool max_first);
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2, const at::Tensor& pre);
+                                     const at::Tensor& w2, const at::Tensor& pre, bool input_grad = true);
 }  // namespace cbam_cpu

@@ -64,30 +64,32 @@ void mlp_backward_loops(int64_t N, int64_t C, int64_t hid, const A* dmc, const A
   if (db1) std::fill(db1, db1 + hid, A(0));
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t n = 0; n < N; ++n) {
-      A* out = dp[b] + n * C;
+      A* out = dp[b] ? dp[b] + n * C : nullptr;  // null: the input gradient is not wanted
       const A* in = p[b] + n * C;
-      std::fill(out, out + C, A(0));
+      if (out) std::fill(out, out + C, A(0));
       for (int64_t j = 0; j < hid; ++j) {
         const A g = da[(b * N + n) * hid + j];
         if (db1) db1[j] += g;
         A* wr = dw1 + j * C;
         const A* w = w1 + j * C;
         _Pragma("omp simd")
-        for (int64_t c = 0; c < C; ++c) {
-          wr[c] += g * in[c];
-          out[c] += g * w[c];
-        }
+        for (int64_t c = 0; c < C; ++c) wr[c] += g * in[c];
+        if (!out) continue;
+        _Pragma("omp simd")
+        for (int64_t c = 0; c < C; ++c) out[c] += g * w[c];
       }
     }
 }
 
 }  // namespace
 
-// `pre`: the forward's MLP pre-activations (2, N, hid) or empty (then recomputed).
+// `pre`: the forward's MLP pre-activations (2, N, hid) or empty (then recomputed). `input_grad=false`
+// (the per-sample backward, which formed them per sample already) leaves d p_avg and d p_max empty and
+// skips their product.
 // -> [d p_avg, d p_max, d w1, d w2, d b1 (empty without b1), d b2 (the bias is added once per branch)]
 std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc, const at::Tensor& p_avg,
                                      const at::Tensor& p_max, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2, const at::Tensor& pre) {
+                                     const at::Tensor& w2, const at::Tensor& pre, bool input_grad) {
   const int64_t N = p_avg.size(0), C = p_avg.size(1), hid = w1.size(0);
   for (const auto* t : {&dmc, &mc, &p_max})
     TORCH_CHECK(t->sizes() == p_avg.sizes(), "mlp_backward: dmc, mc, p_avg, p_max must all be (N, C)");
@@ -101,7 +103,8 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
 
   if (N * C * hid <= kSmallMacs && (pre.numel() == 0 || (pre.numel() == 2 * N * hid && pre.is_contiguous()))) {
     auto o = p_avg.options();
-    auto dpa = at::empty({N, C}, o), dpm = at::empty({N, C}, o), dw1 = at::empty({hid, C}, o);
+    const int64_t rows = input_grad ? N : 0;
+    auto dpa = at::empty({rows, C}, o), dpm = at::empty({rows, C}, o), dw1 = at::empty({hid, C}, o);
     auto dw2 = at::empty({C, hid}, o), db2 = at::empty({C}, o);
     auto db1 = b1.numel() ? at::empty({hid}, o) : at::empty({0}, o);
     AT_DISPATCH_FLOATING_TYPES(dt, "mlp_backward", [&] {
@@ -121,7 +124,8 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
   p.narrow(0, 0, N).copy_(p_avg);
   p.narrow(0, N, N).copy_(p_max);
   auto a = buf({2 * N, hid}), dz = buf({N, C}), hsum = buf({N, hid}), dzw = buf({N, hid});
-  auto da = buf({2 * N, hid}), dw1 = buf({hid, C}), dw2 = buf({C, hid}), dp = buf({2 * N, C}), db2 = buf({C});
+  auto da = buf({2 * N, hid}), dw1 = buf({hid, C}), dw2 = buf({C, hid}), db2 = buf({C});
+  auto dp = input_grad ? buf({2 * N, C}) : at::empty({0, C}, dt);
   const bool has_b1 = b1.numel() > 0;
   // the forward's pre-activations (2, N, hid), when it kept them: one of the five matmuls fewer
   const bool have_pre = pre.numel() > 0;
@@ -182,13 +186,16 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& dmc, const at::Tensor& mc
         db2.narrow(0, c0, c1 - c0).copy_(dzc.sum(0) * 2);
         auto o1 = dw1.narrow(1, c0, c1 - c0);
         at::mm_out(o1, da.t(), p.narrow(1, c0, c1 - c0));
-        auto op = dp.narrow(1, c0, c1 - c0);
-        at::mm_out(op, da, w1.narrow(1, c0, c1 - c0));
+        if (input_grad) {
+          auto op = dp.narrow(1, c0, c1 - c0);
+          at::mm_out(op, da, w1.narrow(1, c0, c1 - c0));
+        }
       }
     });
   }
   if (error) std::rethrow_exception(error);
   auto db1 = has_b1 ? da.sum(0) : at::empty({0}, p.options());
+  if (!input_grad) return {dp, dp, dw1, dw2, db1, db2};
   return {dp.narrow(0, 0, N), dp.narrow(0, N, N), dw1, dw2, db1, db2};
 }
 
