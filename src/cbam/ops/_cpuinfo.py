@@ -149,7 +149,3 @@ def other_runnable_march(flags: Optional[str] = None, machine: Optional[str] = N
     if "avx512f" in have and {"avx2", "fma", "f16c", "bmi2"} <= have:
         return "haswell"
     return "x86-64"
-
-
-if __name__ == "__main__":  # for scripts/test.sh
-    print(other_runnable_march() or "")
