@@ -215,12 +215,8 @@ struct NHWC {
                           int32_t* is, Scratch<A>& w) {
     if (short_rows<T, A>(C)) return pool_pixels_short(x, C, HW, mc, need_idx, s_avg, s_max, is, w);
     A* t = w.s.data();
-    for (int64_t p = 0; p < HW; ++p) {
-      const T* row = x + p * C;
-      _Pragma("omp simd")
-      for (int64_t c = 0; c < C; ++c) t[c] = widen<A>(row[c]) * mc[c];
-      row_pool(t, C, need_idx, s_avg + p, s_max + p, need_idx ? is + p : nullptr);
-    }
+    for (int64_t p = 0; p < HW; ++p)
+      row_pool_scaled(x + p * C, mc, C, need_idx, s_avg + p, s_max + p, need_idx ? is + p : nullptr, t);
   }
 
   template <typename T, typename A>

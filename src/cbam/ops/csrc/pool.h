@@ -102,6 +102,16 @@ inline void row_pool(const T* row, int64_t n, bool need_idx, A* avg, A* mx, int3
   if (need_idx) *idx = first_equal(row, n, m);
 }
 
+// row_pool of the row x[i] * scale[i] (the per-pixel pooling over channels of x * M_c in channels_last),
+// with t (n values) as scratch for the product.
+template <typename T, typename A>
+inline void row_pool_scaled(const T* row, const A* scale, int64_t n, bool need_idx, A* avg, A* mx, int32_t* idx,
+                            A* t) {
+  _Pragma("omp simd")
+  for (int64_t i = 0; i < n; ++i) t[i] = widen<A>(row[i]) * scale[i];
+  row_pool(t, n, need_idx, avg, mx, idx);
+}
+
 // sum_i row[i] a[i] over one row of n values.
 template <typename T, typename A>
 inline A dot_row(const T* row, const A* a, int64_t n) {

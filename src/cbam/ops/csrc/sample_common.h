@@ -100,8 +100,11 @@ inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx,
 }  // namespace sample
 }  // namespace cbam_cpu
 
-// Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
-// before any instantiation: the .cpp files that use them include this header first).
+// Float specialisations of the templates above for AVX2 builds without AVX-512 and for AVX-512 builds
+// (declared before any instantiation: the .cpp files that use them include this header first).
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 #include "mlp_avx2.h"
+#endif
+#if defined(__AVX512F__)
+#include "mlp_avx512.h"
 #endif
