@@ -141,6 +141,30 @@ def test_empty_batch_like_reference(channels_last):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("c, hid", [(16, 1), (40, 3), (67, 5), (96, 19), (64, 32), (80, 48), (272, 136)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_sample_mlp_hidden_widths(c, hid, channels_last):
+    """The per-sample kernels' channel MLP and its input gradient in float32 against float64 reference
+    math, at hidden widths that end in a partial vector, take one to three whole vectors with two or
+    four sets of partial sums, or (136) pass the vector loops' 128, and channel counts that end in a
+    partial vector (40, 67) or take whole blocks of 64 (64, 272)."""
+    torch.manual_seed(c + hid)
+    ref = randomize_(cbam.CBAM(c, hidden_channels=hid, impl="reference"))
+    fus = cbam.CBAM(c, hidden_channels=hid, impl="fused")
+    fus.load_state_dict(ref.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, c, 5, 6).contiguous(memory_format=fmt)
+    g = torch.randn(4, c, 5, 6)
+    assert fus.uses_fused(x)
+    got, want = [], []
+    for m, out, dt in ((fus, got, torch.float32), (ref.double(), want, torch.float64)):
+        xi = x.to(dt).detach().clone().requires_grad_()
+        (m(xi) * g.to(dt)).sum().backward()
+        out += [m(xi).detach(), xi.grad, m.channel.fc1.weight.grad, m.channel.fc2.weight.grad]
+    for what, a, b in zip(("y", "dx", "d fc1", "d fc2"), got, want):
+        assert _rel(a, b) <= 2e-5, (what, _rel(a, b))
+
+
 def test_kernel_sets_agree():
     """C++ kernels (when built) against the torch kernels on every pass."""
     from cbam.ops import _cpu

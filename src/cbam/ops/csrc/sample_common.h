@@ -59,21 +59,14 @@ inline void mlp_gate_group(const at::Tensor& pa, const at::Tensor& pm, const at:
     for (int64_t c = 0; c < C; ++c) mc[i * C + c] = sigmoid(zp[i * C + c] + (b2 ? 2 * b2[c] : A(0)));
 }
 
-// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python). The
-// hidden ReLUs' masks come from the forward's pre-activations where given (pre_avg / pre_max: the
-// values the weight gradients use too, so a pre-activation within rounding of 0 gets one mask for
-// all gradients), else they are formed again from w1.
+// The hidden ReLUs' masks applied to t[0, hid) (d h, shared by both branches): t[j] for the avg branch and
+// t[hid + j] for the max branch, 0 where the branch's pre-activation is <= 0. The masks come from the
+// forward's pre-activations where given (pre_avg / pre_max: the values the weight gradients use too, so a
+// pre-activation within rounding of 0 gets one mask for all gradients), else they are formed again from w1.
 template <typename A>
-inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1,
-                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max, const A* pre_avg = nullptr,
-                    const A* pre_max = nullptr) {
-  for (int64_t c = 0; c < C; ++c) dz[c] = dmc[c] * mc[c] * (A(1) - mc[c]);
-  for (int64_t j = 0; j < 2 * hid; ++j) t[j] = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A* wr = w2 + c * hid;
-    for (int64_t j = 0; j < hid; ++j) t[j] += wr[j] * dz[c];
-  }
-  for (int64_t j = 0; j < hid; ++j) {  // the ReLU masks of the two branches
+inline void mlp_relu_masks(A* t, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1, const A* b1,
+                           const A* pre_avg, const A* pre_max) {
+  for (int64_t j = 0; j < hid; ++j) {
     A za, zm;
     if (pre_avg) {
       za = pre_avg[j], zm = pre_max[j];
@@ -88,6 +81,21 @@ inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx,
     t[hid + j] = zm > 0 ? t[j] : A(0);
     t[j] = za > 0 ? t[j] : A(0);
   }
+}
+
+// d p_avg and d p_max from d mc through the MLP (the weight gradients are batched in Python); t holds
+// 2 hid values of scratch, dz C.
+template <typename A>
+inline void mlp_input_grad(const A* dmc, const A* mc, const A* avg, const A* mx, int64_t C, int64_t hid, const A* w1,
+                    const A* b1, const A* w2, A* t, A* dz, A* d_avg, A* d_max, const A* pre_avg = nullptr,
+                    const A* pre_max = nullptr) {
+  for (int64_t c = 0; c < C; ++c) dz[c] = dmc[c] * mc[c] * (A(1) - mc[c]);
+  for (int64_t j = 0; j < 2 * hid; ++j) t[j] = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const A* wr = w2 + c * hid;
+    for (int64_t j = 0; j < hid; ++j) t[j] += wr[j] * dz[c];
+  }
+  mlp_relu_masks(t, avg, mx, C, hid, w1, b1, pre_avg, pre_max);
   for (int64_t c = 0; c < C; ++c) { d_avg[c] = 0; d_max[c] = 0; }
   for (int64_t j = 0; j < hid; ++j) {
     const A* wr = w1 + j * C;
