@@ -40,35 +40,7 @@ inline void dot4(const float* const* rows, const float* v, const float* v2, int6
 template <>
 inline void mlp_gate<float>(const float* avg, const float* mx, int64_t C, int64_t hid, const float* w1, const float* b1,
                             const float* w2, const float* b2, float* h, float* mc, float* pre_avg, float* pre_max) {
-  const float* rows[4];
-  float sa[4], sm[4];
-  for (int64_t j = 0; j < hid; j += 4) {
-    const int64_t nr = std::min<int64_t>(4, hid - j);
-    for (int64_t r = 0; r < 4; ++r) rows[r] = w1 + (j + std::min(r, nr - 1)) * C;
-    dot4(rows, avg, mx, C, sa, sm);
-    for (int64_t r = 0; r < nr; ++r) {
-      const float b = b1 ? b1[j + r] : 0.0f;
-      if (pre_avg) { pre_avg[j + r] = sa[r] + b; pre_max[j + r] = sm[r] + b; }  // kept for backward
-      h[j + r] = std::max(sa[r] + b, 0.0f) + std::max(sm[r] + b, 0.0f);
-    }
-  }
-  // the pre-activations into mc, then one vectorised sigmoid over them (expf is scalar); hidden widths
-  // below a vector (C / 16 for C < 128) take plain dot products instead of dot4's horizontal sums
-  for (int64_t c = 0; c < C; c += 4) {
-    const int64_t nr = std::min<int64_t>(4, C - c);
-    if (hid >= 8) {
-      for (int64_t r = 0; r < 4; ++r) rows[r] = w2 + (c + std::min(r, nr - 1)) * hid;
-      dot4(rows, h, nullptr, hid, sa, nullptr);
-    } else {
-      for (int64_t r = 0; r < nr; ++r) {
-        const float* wr = w2 + (c + r) * hid;
-        sa[r] = 0.0f;
-        for (int64_t j = 0; j < hid; ++j) sa[r] += wr[j] * h[j];
-      }
-    }
-    for (int64_t r = 0; r < nr; ++r) mc[c + r] = sa[r] + (b2 ? 2 * b2[c + r] : 0.0f);
-  }
-  sigmoid_affine<float>(mc, C, 1.0f, 0.0f);
+  mlp_gate_rows4([](auto... a) { dot4(a...); }, 8, avg, mx, C, hid, w1, b1, w2, b2, h, mc, pre_avg, pre_max);
 }
 
 }  // namespace sample

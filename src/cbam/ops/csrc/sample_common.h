@@ -35,6 +35,43 @@ inline void mlp_gate(const A* avg, const A* mx, int64_t C, int64_t hid, const A*
   }
 }
 
+// mlp_gate for float through an ISA's four-row dot product dot4(rows, v, v2, n, out, out2) (mlp_avx2.h,
+// mlp_avx512.h): each load of avg / mx / h serves four weight rows, and the 8 partial sums are
+// independent FMA chains. Hidden widths below min_hid (about a vector) take plain dot products in the
+// second layer instead of dot4's horizontal sums; the gate's sigmoid is the vector sigmoid_affine.
+template <typename Dot4>
+inline void mlp_gate_rows4(Dot4 dot4, int64_t min_hid, const float* avg, const float* mx, int64_t C, int64_t hid,
+                           const float* w1, const float* b1, const float* w2, const float* b2, float* h, float* mc,
+                           float* pre_avg, float* pre_max) {
+  const float* rows[4];
+  float sa[4], sm[4];
+  for (int64_t j = 0; j < hid; j += 4) {
+    const int64_t nr = std::min<int64_t>(4, hid - j);
+    for (int64_t r = 0; r < 4; ++r) rows[r] = w1 + (j + std::min(r, nr - 1)) * C;
+    dot4(rows, avg, mx, C, sa, sm);
+    for (int64_t r = 0; r < nr; ++r) {
+      const float b = b1 ? b1[j + r] : 0.0f;
+      if (pre_avg) { pre_avg[j + r] = sa[r] + b; pre_max[j + r] = sm[r] + b; }  // kept for backward
+      h[j + r] = std::max(sa[r] + b, 0.0f) + std::max(sm[r] + b, 0.0f);
+    }
+  }
+  for (int64_t c = 0; c < C; c += 4) {  // the pre-activations into mc, then one sigmoid over them
+    const int64_t nr = std::min<int64_t>(4, C - c);
+    if (hid >= min_hid) {
+      for (int64_t r = 0; r < 4; ++r) rows[r] = w2 + (c + std::min(r, nr - 1)) * hid;
+      dot4(rows, h, nullptr, hid, sa, nullptr);
+    } else {
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* wr = w2 + (c + r) * hid;
+        sa[r] = 0.0f;
+        for (int64_t j = 0; j < hid; ++j) sa[r] += wr[j] * h[j];
+      }
+    }
+    for (int64_t r = 0; r < nr; ++r) mc[c + r] = sa[r] + (b2 ? 2 * b2[c + r] : 0.0f);
+  }
+  sigmoid_affine<float>(mc, C, 1.0f, 0.0f);
+}
+
 // mlp_gate for G samples at once: pa, pm, mc are (G, C) row blocks. Per sample the MLP is three
 // mat-vecs that stream every weight from cache (at C = 2048 the 2 MB of weights come from L3 for
 // each sample: ~44 us); as a (G, C) x (C, hid) matmul each weight serves G samples (~21 us per
