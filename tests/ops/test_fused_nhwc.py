@@ -88,3 +88,29 @@ def test_channels_last_ties_route_to_the_first(c, hw):
     got = _run(fus, x.contiguous(memory_format=torch.channels_last), g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("c", [16, 24, 20])
+@pytest.mark.parametrize("hw", [(5, 7), (9, 9), (13, 13)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tail", [False, True])
+def test_channels_last_routes_added_in_the_row_pass(c, hw, dtype, tail):
+    """The input gradient's row pass adds the max-pool routes (the channel routes too below 48 pixels
+    for float, 160 for the narrow dtypes; after the pass above that): spikes make channel c's maximum
+    and pixel p's maximum the same element, where both routes land. 16 channels take the 16-lane rows,
+    24 the 8-lane ones where the build has them, 20 the generic loop; 35, 81 and 169 pixels sit on both
+    sides of the two thresholds."""
+    ref, fus = _pair(c)
+    torch.manual_seed(c * hw[0])
+    x = torch.randn(3, c, *hw)
+    n_px = hw[0] * hw[1]
+    for n in range(3):
+        for j, ch in enumerate(range(n, c, 5)):  # distinct channels and pixels, so the maxima are these
+            x[n, ch].view(-1)[(7 * j + n) % n_px] = 6.0 + j
+    x = x.to(dtype).to(memory_format=torch.channels_last)
+    g = torch.randn(3, c, *hw)
+    idn = torch.randn_like(x) if tail else None
+    want = _run(ref.double(), x.double(), g.double(), None if idn is None else idn.double())
+    got = _run(fus, x, g, idn)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), **TOL[dtype])

@@ -56,31 +56,45 @@ inline void apply_rows(const T* x, int64_t C, int64_t HW, const float* mc, const
 }
 
 // dx = g mc ms[p] + mc a[p] + off per pixel row (C a multiple of 8); did = g, where given. g is masked
-// by the block tail's output o > 0 (Tail).
-template <bool Tail, typename T>
+// by the block tail's output o > 0 (Tail). Routes (R): 1 adds rt's spatial routes, 2 its channel routes
+// too (blends, as the generic loop selects).
+template <bool Tail, int R, typename T>
 inline void input_grad_rows_t(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
-                              const float* a, const float* off, T* dx, T* did) {
+                              const float* a, const float* off, T* dx, T* did, const RowRoutes<float>* rt) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t p = 0; p < HW; ++p) {
     const __m256 s = _mm256_set1_ps(ms[p]), ap = _mm256_set1_ps(a[p]);
     const int64_t r = p * C;
+    __m256i lane_sc, pix;
+    __m256 sv;
+    if constexpr (R > 0) lane_sc = _mm256_sub_epi32(_mm256_set1_epi32(rt->sc[p]), iota), sv = _mm256_set1_ps(rt->sv[p]);
+    if constexpr (R > 1) pix = _mm256_set1_epi32(static_cast<int32_t>(p));
     for (int64_t c0 = 0; c0 < C; c0 += 8) {
       __m256 gv = load8(g + r + c0);
       if constexpr (Tail) gv = _mm256_and_ps(gv, _mm256_cmp_ps(load8(o + r + c0), _mm256_setzero_ps(), _CMP_GT_OQ));
       const __m256 w = _mm256_loadu_ps(mc + c0);
       // (g w s + w a) + off, the generic loop's order of operations
-      const __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(gv, w), s), _mm256_mul_ps(w, ap)),
-                                     _mm256_loadu_ps(off + c0));
+      __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(gv, w), s), _mm256_mul_ps(w, ap)),
+                               _mm256_loadu_ps(off + c0));
+      if constexpr (R > 0) {
+        const __m256i k = _mm256_cmpeq_epi32(lane_sc, _mm256_set1_epi32(static_cast<int32_t>(c0)));
+        v = _mm256_blendv_ps(v, _mm256_add_ps(v, sv), _mm256_castsi256_ps(k));
+      }
+      if constexpr (R > 1) {
+        const __m256i k = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rt->cp + c0)), pix);
+        v = _mm256_blendv_ps(v, _mm256_add_ps(v, _mm256_loadu_ps(rt->cv + c0)), _mm256_castsi256_ps(k));
+      }
       store8(dx + r + c0, v);
       if (did) store8(did + r + c0, gv);
     }
   }
 }
 
-template <typename T>
+template <int R, typename T>
 inline void input_grad_rows(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
-                            const float* a, const float* off, T* dx, T* did) {
-  if (o) input_grad_rows_t<true>(g, o, C, HW, mc, ms, a, off, dx, did);
-  else input_grad_rows_t<false>(g, o, C, HW, mc, ms, a, off, dx, did);
+                            const float* a, const float* off, T* dx, T* did, const RowRoutes<float>* rt) {
+  if (o) input_grad_rows_t<true, R>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
+  else input_grad_rows_t<false, R>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
 }
 
 // ---- NCHW: a channel's plane of HW pixels (8 at a time, then the scalar tail) ----

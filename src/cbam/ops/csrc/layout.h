@@ -54,6 +54,7 @@ inline void pool_block(const T* x, int64_t C, int64_t stride, int64_t len, const
 constexpr int64_t kReduceBlock = 4096;
 
 struct NCHW {
+  static constexpr bool kRowRoutes = false;  // the max-pool routes are added after input_grad
   static int64_t at(int64_t c, int64_t p, int64_t /*C*/, int64_t HW) { return c * HW + p; }
 
   // Per channel: mean, max and first argmax over the HW pixels.
@@ -148,6 +149,7 @@ struct NCHW {
 };
 
 struct NHWC {
+  static constexpr bool kRowRoutes = true;  // input_grad adds the max-pool routes (RowRoutes)
   static int64_t at(int64_t c, int64_t p, int64_t C, int64_t /*HW*/) { return p * C + c; }
 
   // Per channel over the HW pixel rows: running sum, max and first argmax in C-long vectors.
@@ -308,29 +310,40 @@ struct NHWC {
     }
   }
 
+  // dx = g mc ms[p] + mc a[p] + off[c] with rt's routes (RowRoutes); did = g.
   template <typename T, typename A>
   static void input_grad(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
-                         const A* off, T* dx, T* did) {
-    if (o) input_grad_t<true>(g, o, C, HW, mc, ms, a, off, dx, did);
-    else input_grad_t<false>(g, o, C, HW, mc, ms, a, off, dx, did);
+                         const A* off, T* dx, T* did, const RowRoutes<A>& rt) {
+    if (rt.cp) input_grad_r<2>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
+    else input_grad_r<1>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
   }
 
-  template <bool Tail, typename T, typename A>
+  template <int R, typename T, typename A>
+  static void input_grad_r(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
+                           const A* off, T* dx, T* did, const RowRoutes<A>& rt) {
+    if (o) input_grad_t<true, R>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
+    else input_grad_t<false, R>(g, o, C, HW, mc, ms, a, off, dx, did, rt);
+  }
+
+  template <bool Tail, int R, typename T, typename A>
   static void input_grad_t(const T* g, const T* o, int64_t C, int64_t HW, const A* mc, const A* ms, const A* a,
-                         const A* off, T* dx, T* did) {
+                           const A* off, T* dx, T* did, const RowRoutes<A>& rt) {
     if constexpr (kRows16<T, A>) {
-      if (C % 16 == 0) return input_grad_rows16<Tail>(g, o, C, HW, mc, ms, a, off, dx, did);
+      if (C % 16 == 0) return input_grad_rows16<Tail, R>(g, o, C, HW, mc, ms, a, off, dx, did, &rt);
     }
     if constexpr (kVecElementwise<T, A>) {
-      if (C % 8 == 0) return input_grad_rows(g, Tail ? o : nullptr, C, HW, mc, ms, a, off, dx, did);
+      if (C % 8 == 0) return input_grad_rows<R>(g, Tail ? o : nullptr, C, HW, mc, ms, a, off, dx, did, &rt);
     }
     for (int64_t p = 0; p < HW; ++p) {
-      const A s = ms[p], ap = a[p];
-      const int64_t r = p * C;
+      const A s = ms[p], ap = a[p], sv = rt.sv[p];
+      const int64_t r = p * C, sc = rt.sc[p];
       _Pragma("omp simd")
       for (int64_t c = 0; c < C; ++c) {
         const A gv = grad_at<Tail, T, A>(g, o, r + c);
-        dx[r + c] = to_storage<T>(dx_value(gv, mc[c], s, ap, off[c]));
+        A v = dx_value(gv, mc[c], s, ap, off[c]);
+        v = c == sc ? v + sv : v;
+        if constexpr (R > 1) v = rt.cp[c] == p ? v + rt.cv[c] : v;
+        dx[r + c] = to_storage<T>(v);
         if (did) did[r + c] = to_storage<T>(gv);
       }
     }

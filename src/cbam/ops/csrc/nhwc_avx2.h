@@ -28,9 +28,9 @@ template <typename T, typename A>
 constexpr bool kRows16 = false;
 template <bool Tail, typename T>
 void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, const float* ms, const T* id, T* y);
-template <bool Tail, typename T>
+template <bool Tail, int R, typename T>
 void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
-                       const float* a, const float* off, T* dx, T* did);
+                       const float* a, const float* off, T* dx, T* did, const RowRoutes<float>* rt);
 
 // Channel counts (multiples of 16) up to this take the transposed-tile path for the per-pixel
 // reductions (layout.h, short_rows): with spatial_block's register accumulators (pool_avx2.h) it beat

@@ -44,6 +44,9 @@ constexpr bool kWideRows = kNhwc16<T, A>;
 // Without F16C there are no element-wise vector passes (elementwise_avx2.h): the generic loops run.
 template <typename T, typename A>
 constexpr bool kVecElementwise = false;
+template <int R, typename T>  // declared for layout.h's discarded branch
+void input_grad_rows(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
+                     const float* a, const float* off, T* dx, T* did, const RowRoutes<float>* rt);
 #endif
 
 // Channel counts (multiples of 16) up to this take the transposed-tile path (layout.h, short_rows).
@@ -359,26 +362,40 @@ inline void apply_rows16(const T* x, int64_t C, int64_t HW, const float* mc, con
 }
 
 // dx = (g mc ms[p] + mc a[p]) + off; did = g where given; g masked by the tail's output o > 0 (Tail).
-template <bool Tail, typename T>
+// Routes (R): 1 adds rt's spatial routes, 2 its channel routes too (masked adds: no branch per chunk).
+template <bool Tail, int R, typename T>
 inline void input_grad_rows16(const T* g, const T* o, int64_t C, int64_t HW, const float* mc, const float* ms,
-                              const float* a, const float* off, T* dx, T* did) {
+                              const float* a, const float* off, T* dx, T* did, const RowRoutes<float>* rt) {
 #if defined(__AVX512F__)
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t p = 0; p < HW; ++p) {
     const __m512 s = _mm512_set1_ps(ms[p]), ap = _mm512_set1_ps(a[p]);
     const int64_t r = p * C;
+    __m512i lane_sc, pix;
+    __m512 sv;
+    if constexpr (R > 0) lane_sc = _mm512_sub_epi32(_mm512_set1_epi32(rt->sc[p]), iota), sv = _mm512_set1_ps(rt->sv[p]);
+    if constexpr (R > 1) pix = _mm512_set1_epi32(static_cast<int32_t>(p));
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
       __m512 gv = load16(g + r + c0);
       if constexpr (Tail)
         gv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load16(o + r + c0), _mm512_setzero_ps(), _CMP_GT_OQ), gv);
       const __m512 w = _mm512_loadu_ps(mc + c0);
-      const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(gv, w), s), _mm512_mul_ps(w, ap)),
-                                     _mm512_loadu_ps(off + c0));
+      __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(gv, w), s), _mm512_mul_ps(w, ap)),
+                               _mm512_loadu_ps(off + c0));
+      if constexpr (R > 0) {  // lane l holds channel c0 + l: the route's lane where sc[p] - l == c0
+        const __mmask16 k = _mm512_cmpeq_epi32_mask(lane_sc, _mm512_set1_epi32(static_cast<int32_t>(c0)));
+        v = _mm512_mask_add_ps(v, k, v, sv);
+      }
+      if constexpr (R > 1) {
+        const __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(rt->cp + c0), pix);
+        v = _mm512_mask_add_ps(v, k, v, _mm512_loadu_ps(rt->cv + c0));
+      }
       store16(dx + r + c0, v);
       if (did) store16(did + r + c0, gv);
     }
   }
 #else
-  (void)g, (void)o, (void)C, (void)HW, (void)mc, (void)ms, (void)a, (void)off, (void)dx, (void)did;
+  (void)g, (void)o, (void)C, (void)HW, (void)mc, (void)ms, (void)a, (void)off, (void)dx, (void)did, (void)rt;
 #endif
 }
 

@@ -58,6 +58,19 @@ inline float widen<float, c10::Half>(c10::Half h) {
 template <typename A>
 inline A dx_value(A g, A w, A s, A a, A off) { return g * w * s + w * a + off; }
 
+// The max-pool routes of dx that the channels_last input gradient adds in its row pass, so the routed
+// elements are rounded to a narrow storage type once, with the rest of their row (a scalar pass over
+// them afterwards cost as much as the vector pass for 16 channels at 28 x 28). Pixel p's spatial route
+// adds sv[p] at channel sc[p]; where cp is given, channel c's route adds cv[c] at pixel cp[c] (after
+// the spatial one).
+template <typename A>
+struct RowRoutes {
+  const int32_t* sc;
+  const A* sv;
+  const int32_t* cp;  // null: the channel routes are added after the pass
+  const A* cv;
+};
+
 constexpr int64_t kBlock = 512;  // pixels per block in channel-axis reductions: accumulators stay in L1
 
 // First i with row[i] == m. Chunks of 64 are scanned with a vectorised min-reduction of the

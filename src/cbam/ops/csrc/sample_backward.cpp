@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -33,10 +34,10 @@ struct Backward {
   A sc;
 
   struct Bufs {
-    std::vector<A> du, dsd, t, dz, da, dm, off, acc, pbuf;
+    std::vector<A> du, dsd, t, dz, da, dm, off, acc, pbuf, sv;
     std::vector<double> route;
     Bufs(int64_t C, int64_t HW, int64_t hid)
-        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C), acc(C), route(C) {}
+        : du(HW), dsd(2 * HW), t(2 * std::max<int64_t>(hid, 1)), dz(C), da(C), dm(C), off(C), acc(C), sv(HW), route(C) {}
   };
 
   // The argmax routes index dx: in range, or the flags are set (checked per sample while the indices
@@ -84,8 +85,19 @@ struct Backward {
                    b.dm.data(), pre ? pre + n * hid : nullptr, pre ? pre + (N + n) * hid : nullptr);
     for (int64_t c = 0; c < C; ++c) b.off[c] = b.da[c] / static_cast<A>(HW);
     T* dn = dx + off;
-    L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
-                  did ? did + off : nullptr);
+    if constexpr (L::kRowRoutes) {
+      input_grad_routed(n, av, dmax, b, dn);
+    } else {
+      L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
+                    did ? did + off : nullptr);
+      routes_after(n, av, dmax, b, dn);
+    }
+  }
+
+  // NCHW: the max-pool routes added to dx after input_grad's pass.
+  void routes_after(int64_t n, const A* av, const A* dmax, const Bufs& b, T* dn) const {
+    const A* mcn = mc + n * C;
+    const int32_t *isn = is + n * HW, *icn = ic + n * C;
     if constexpr (std::is_same_v<T, A>) {
       for (int64_t c = 0; c < C; ++c) {  // the max-pool routes
         T& d = dn[L::at(c, icn[c], C, HW)];
@@ -100,6 +112,56 @@ struct Backward {
     }
   }
 
+  // Pixels per sample below which channels_last's row pass adds the channel routes too: a masked add
+  // per 16 channels of every row, against a scalar pass over the C routed elements afterwards (about 40
+  // instructions each where a narrow dx is formed again and rounded, 10 for float).
+  static constexpr int64_t kChannelRoutesInRows = std::is_same_v<T, A> ? 48 : 160;
+
+  // channels_last: input_grad adds the spatial routes in its row pass (and the channel routes, for
+  // small maps); the channel routes of larger maps follow, each routed element formed again where dx
+  // is narrow, spatial route included, so it is rounded once.
+  void input_grad_routed(int64_t n, const A* av, const A* dmax, Bufs& b, T* dn) const {
+    const int64_t off = n * C * HW;
+    const A* mcn = mc + n * C;
+    const int32_t *isn = is + n * HW, *icn = ic + n * C;
+    for (int64_t p = 0; p < HW; ++p) b.sv[p] = mcn[isn[p]] * dmax[p];
+    const bool in_rows = HW < kChannelRoutesInRows;
+    const RowRoutes<A> rt{isn, b.sv.data(), in_rows ? icn : nullptr, b.dm.data()};
+    L::input_grad(g + off, o ? o + off : nullptr, C, HW, mcn, ms + n * HW, av, b.off.data(), dn,
+                  did ? did + off : nullptr, rt);
+    if (in_rows) return;
+    if constexpr (std::is_same_v<T, A>) {
+      for (int64_t c = 0; c < C; ++c) {
+        T& d = dn[L::at(c, icn[c], C, HW)];
+        d = d + b.dm[c];
+      }
+    } else {
+      const T *gn = g + off, *on = o ? o + off : nullptr;
+      const A* msn = ms + n * HW;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t p = icn[c], i = L::at(c, p, C, HW);
+        A v = dx_value(tail_grad_nobranch(gn, on, i), mcn[c], msn[p], av[p], b.off[c]);
+        if (isn[p] == c) v += b.sv[p];
+        dn[i] = to_storage<T>(v + b.dm[c]);
+      }
+    }
+  }
+
+  // grad_at for one scalar element (o may be null), the tail's mask as a bit mask: gcc compiled the
+  // select to a branch, taken at random (half of a block's outputs are 0), which cost route_narrow half
+  // its time.
+  static A tail_grad_nobranch(const T* gn, const T* on, int64_t i) {
+    static_assert(sizeof(A) == sizeof(uint32_t), "narrow storage accumulates in float");
+    const A v = widen<A>(gn[i]);
+    if (!on) return v;
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    u &= 0u - static_cast<uint32_t>(widen<A>(on[i]) > A(0));
+    A r;
+    std::memcpy(&r, &u, sizeof(r));
+    return r;
+  }
+
   // The max-pool routes for float16 / bfloat16 storage: each routed element of dx is formed again in A
   // (input_grad's value, then the channel route, then the spatial one, as the float path adds them)
   // and rounded once, instead of adding to the already rounded value.
@@ -110,8 +172,7 @@ struct Backward {
     const int32_t *isn = is + n * HW, *icn = ic + n * C;
     auto base = [&](int64_t c, int64_t p) {
       const int64_t i = L::at(c, p, C, HW);
-      const A gv = on ? grad_at<true, T, A>(gn, on, i) : grad_at<false, T, A>(gn, on, i);
-      return dx_value(gv, mcn[c], msn[p], av[p], b.off[c]);
+      return dx_value(tail_grad_nobranch(gn, on, i), mcn[c], msn[p], av[p], b.off[c]);
     };
     for (int64_t p = 0; p < HW; ++p) {  // spatial routes, with the channel route where both land
       const int64_t c = isn[p];
