@@ -72,13 +72,15 @@ def test_channels_last_wide_rows(c, dtype, tail):
     _against_float64(c, dtype, tail, TOL[dtype], hw=(23, 25))
 
 
-@pytest.mark.parametrize("c, hw", [(16, (6, 10)), (64, (6, 10)), (64, (24, 30)), (67, (6, 10)), (100, (5, 7))])
+@pytest.mark.parametrize("c, hw", [(16, (6, 10)), (16, (5, 7)), (32, (3, 3)), (64, (6, 10)), (64, (24, 30)),
+                                   (67, (6, 10)), (100, (5, 7))])
 def test_channels_last_ties_route_to_the_first(c, hw):
     """Integer-valued input: channel and pixel maxima tie often; the gradient routes through the
     first maximum in both layouts, as the reference's max(dim) does (24 x 30 at 64 channels: the
     single walk over wide rows; 67 and 100 channels: pixel rows that end in a partial vector, after
     an odd and an even number of whole ones, where the AVX-512 row pooling alternates two sets of
-    accumulators)."""
+    accumulators; 16 and 32 channels at 35 and 9 pixels: the per-channel register accumulators of
+    short rows)."""
     ref, fus = _pair(c)
     torch.manual_seed(7)
     x = torch.randint(-3, 4, (4, c, *hw)).float()
