@@ -43,6 +43,10 @@ inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the top half of a floa
 // by F16C's round to nearest even, as c10::Half's conversion.
 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 inline void store8(c10::BFloat16* p, __m256 v) {
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)  // the conversion instruction (nhwc_avx512.h's store16)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), (__m128i)_mm256_cvtneps_pbh(v));
+  return;
+#endif
   const __m256i u = _mm256_castps_si256(v);
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);

@@ -25,7 +25,9 @@ using avx2::store8;
 // Storage types with float accumulation that these functions take on this build.
 template <typename T, typename A>
 constexpr bool kVecElementwise = std::is_same_v<A, float> &&
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512VL__)
+    (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>);
+#elif defined(__AVX512F__)
     std::is_same_v<T, c10::Half>;
 #else
     (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);

@@ -63,14 +63,21 @@ inline __m512 load16(const c10::Half* p) {
 }
 
 // 16 floats stored as T: bfloat16 rounded to nearest even with NaN kept NaN (pool.h's to_storage),
-// half by the conversion's round to nearest even (c10::Half's).
+// half by the conversion's round to nearest even (c10::Half's). With AVX512-BF16 the bfloat16 store is
+// the one conversion instruction, which rounds to nearest even as to_storage does but flushes results
+// below bfloat16's normal range (|v| < 2^-126) to zero, as oneDNN's bfloat16 convolutions on these CPUs do;
+// it replaces eight integer operations per 16 values.
 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 inline void store16(c10::BFloat16* p, __m512 v) {
+#if defined(__AVX512BF16__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+#else
   const __m512i u = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+#endif
 }
 inline void store16(c10::Half* p, __m512 v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
