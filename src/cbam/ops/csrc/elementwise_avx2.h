@@ -1,9 +1,10 @@
 // The element-wise passes of the per-sample kernels in 8-lane vectors: y = x * mc * ms (apply, with the
 // optional block tail) and the input gradient, in both layouts. AVX2 + FMA + F16C builds without
-// AVX-512 take them for float, bfloat16 and half; AVX-512 builds for half only, whose generic loops
-// store through c10's one-value F16C conversion and ran 3-5x slower than these on a Zen 5 EPYC (float
-// and bfloat16 vectorise 16 lanes wide there). Storage is converted 8 values at a time
-// (avx2_common.h). Each function computes the generic loop's expression (layout.h).
+// AVX-512 take them for float, bfloat16 and half; AVX-512 builds for half, whose generic loops store
+// through c10's one-value F16C conversion and ran 3-5x slower than these on a Zen 5 EPYC, and for
+// bfloat16 where AVX512-BF16 has a conversion instruction (float, and bfloat16 without it, vectorise
+// 16 lanes wide there). Storage is converted 8 values at a time (avx2_common.h). Each function
+// computes the generic loop's expression (layout.h).
 #pragma once
 #include <immintrin.h>
 
