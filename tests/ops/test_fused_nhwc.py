@@ -106,10 +106,18 @@ def test_channels_last_routes_added_in_the_row_pass(c, hw, dtype, tail):
     torch.manual_seed(c * hw[0])
     x = torch.randn(3, c, *hw)
     n_px = hw[0] * hw[1]
-    for n in range(3):
-        for j, ch in enumerate(range(n, c, 5)):  # distinct channels and pixels, so the maxima are these
-            x[n, ch].view(-1)[(7 * j + n) % n_px] = 6.0 + j
+    spikes = [(n, j, ch, (7 * j + n) % n_px) for n in range(3) for j, ch in enumerate(range(n, c, 5))]
+    for n, j, ch, p in spikes:  # distinct channels and pixels, so the maxima are these; the pixel's other
+        x[n].view(c, -1)[:, p] = 0.0  # channels at 0: the spike stays its maximum whatever the channel gate
+        x[n, ch].view(-1)[p] = 6.0 + j
     x = x.to(dtype).to(memory_format=torch.channels_last)
+    ref.double().record_maps = True
+    with torch.no_grad():
+        ref(x.double())
+    gated = (x.double() * ref.last_channel_map).flatten(2)  # what the spatial gate's max pool sees
+    ref.record_maps = False
+    for n, _, ch, p in spikes:  # the premise: both routes of each spike land on the same element
+        assert int(x[n, ch].flatten().argmax()) == p and int(gated[n, :, p].argmax()) == ch, (n, ch, p)
     g = torch.randn(3, c, *hw)
     idn = torch.randn_like(x) if tail else None
     want = _run(ref.double(), x.double(), g.double(), None if idn is None else idn.double())
