@@ -11,6 +11,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "pool.h"  // RowRoutes
+
 #include "avx2_common.h"
 
 namespace cbam_cpu {

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include "pool.h"  // RowRoutes
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
