@@ -83,6 +83,30 @@ def test_every_float16_value_widens_exactly():
     assert torch.equal(p_max[~nan].view(torch.int32), want[~nan].view(torch.int32))  # bit for bit, signed zeros too
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (7, 7), (9, 9), (13, 13)])
+@pytest.mark.parametrize("need_idx", [False, True])
+def test_channel_max_of_a_row_that_starts_with_nan_is_nan(dtype, hw, need_idx):
+    """NCHW channel pooling: a row whose first value is NaN has a NaN max (as torch.amax), routed to
+    position 0, in every build's row reductions (one vector, the tail chunk, several accumulators from
+    64 values on); the other rows keep their max and first argmax."""
+    K = _cpu.load()
+    torch.manual_seed(hw[0])
+    x = torch.randn(2, 16, *hw).to(dtype)
+    x[:, 3].view(2, -1)[:, 0] = float("nan")
+    w1, w2, wc, none = torch.zeros(1, 16), torch.zeros(16, 1), torch.zeros(2, 3, 3), torch.empty(0)
+    out = K.forward_samples(x, w1, none, w2, none, wc, 0.0, 1.0, 0.0, False, need_idx, True, 1, none)
+    p_max, rows = out[4], x.float().flatten(2)
+    assert p_max[:, 3].isnan().all()
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[3] = False
+    assert torch.equal(p_max[:, keep], rows.amax(2)[:, keep])
+    if need_idx:
+        idx = out[5]
+        assert (idx[:, 3] == 0).all()
+        assert torch.equal(idx[:, keep].long(), rows.argmax(2)[:, keep])
+
+
 @pytest.mark.parametrize("layout,batch_wide", [(torch.contiguous_format, False), (torch.channels_last, False),
                                                (torch.contiguous_format, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
