@@ -1,12 +1,13 @@
 // AVX2 + FMA row reductions for CPUs without AVX-512, for float, bfloat16 and (with F16C) half storage
 // widened to float on load, included at the end of pool.h where its AVX-512 specialisations are not
-// built. The narrow types share the float code: their generic loops widened value by value (half in
-// integer ops, pool.h's widen) and were the slowest NCHW forwards of an AVX2 EPYC (bf16 1.25x float's
-// time for a 16-channel 28x28 fwd+bwd, half 1.24x, 1 thread). Four 8-lane accumulators (32 lanes) per row: gcc's vectorisation of the generic
-// loops keeps one register per reduction, a chain bound by the add's latency (row_sum_max and
-// first_equal were ~1/3 of a 16-channel 28x28 NCHW sample's grad-mode forward on an AVX2 EPYC, perf).
-// row_sum_max and row_pool form sum and max in the same lanes and order, so avg and max do not depend
-// on need_idx; ties and NaN behave as in the AVX-512 versions (strict >, a NaN never replaces a max).
+// built. The narrow types share the float code: their generic loops widen value by value (half in
+// integer ops, pool.h's widen), which made NCHW float16 the slowest tail on an AVX2 EPYC
+// (benchmarks/tail_cost.py: 3.1x the plain tail's inference time where float32 took 1.9x). Four 8-lane
+// accumulators (32 lanes) per row: gcc's vectorisation of the generic loops keeps one register per
+// reduction, a chain bound by the add's latency (row_sum_max and first_equal were ~1/3 of a
+// 16-channel 28x28 NCHW sample's grad-mode forward on an AVX2 EPYC, perf). row_sum_max and row_pool
+// form sum and max in the same lanes and order, so avg and max do not depend on need_idx; ties and
+// NaN behave as in the AVX-512 versions (strict >, a NaN after row[0] never replaces a max).
 #pragma once
 #include <immintrin.h>
 
@@ -49,7 +50,8 @@ inline Tail8 tail8(const T* row, int64_t i, int64_t n) {
 
 // One row into 4 x 8 lanes (one where n < kWide): s += v, and m / k the lane's first maximum and its
 // position (Idx), or m the lane's max. The max starts from row[0] in every lane, as the generic loop's
-// does: a row whose first value is NaN has a NaN max. Lane j of accumulator q sees positions q * 8 + j (mod 32) in increasing order.
+// does: a row whose first value is NaN has a NaN max. Lane j of accumulator q sees positions q * 8 + j
+// (mod 32) in increasing order.
 template <bool Idx, typename T>
 inline void scan_row(const T* row, int64_t n, __m256* s, __m256* m, __m256i* k) {
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
