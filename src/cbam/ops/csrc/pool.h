@@ -94,7 +94,8 @@ inline int32_t first_equal(const T* row, int64_t n, A m) {
 // Sum and max of one row of n values.
 template <typename T, typename A>
 inline void row_sum_max(const T* row, int64_t n, A* sum, A* mx) {
-  A s = 0, m = widen<A>(row[0]);
+  const A first = widen<A>(row[0]);
+  A s = 0, m = first;
   _Pragma("omp simd reduction(+:s) reduction(max:m)")
   for (int64_t i = 0; i < n; ++i) {
     const A v = widen<A>(row[i]);
@@ -102,7 +103,9 @@ inline void row_sum_max(const T* row, int64_t n, A* sum, A* mx) {
     m = v > m ? v : m;
   }
   *sum = s;
-  *mx = m;
+  // a row that starts with NaN has a NaN max, as in the vector builds: the vectorised reduction starts
+  // its lanes from the identity and combines them with compares, which drop that NaN
+  *mx = first != first ? first : m;
 }
 
 // Mean, max and (if need_idx) first argmax of one row of n values.
