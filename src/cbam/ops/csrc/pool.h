@@ -222,7 +222,27 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
 
 }  // namespace cbam_cpu
 
-// Where the build has AVX2 but not AVX-512, float specialisations of the templates above (declared
+// Specialisations of the row reductions above for storage type T (float accumulation) that forward to
+// an ISA namespace's versions: NS::row_sum_max, NS::row_pool and NS::dot_row, or NS::grad_row<Tail>.
+#define CBAM_ROW_REDUCTIONS(NS, T)                                                                              \
+  template <>                                                                                                  \
+  inline void row_sum_max<T, float>(const T* row, int64_t n, float* sum, float* mx) {                          \
+    NS::row_sum_max(row, n, sum, mx);                                                                          \
+  }                                                                                                            \
+  template <>                                                                                                  \
+  inline void row_pool<T, float>(const T* row, int64_t n, bool need_idx, float* avg, float* mx, int32_t* idx) { \
+    NS::row_pool(row, n, need_idx, avg, mx, idx);                                                              \
+  }                                                                                                            \
+  template <>                                                                                                  \
+  inline float dot_row<T, float>(const T* row, const float* a, int64_t n) { return NS::dot_row(row, a, n); }
+#define CBAM_GRAD_ROW(NS, T)                                                                                    \
+  template <>                                                                                                  \
+  inline float grad_row<T, float>(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms,   \
+                                  float* acc) {                                                                \
+    return o ? NS::grad_row<true>(g, o, x, len, wc, ms, acc) : NS::grad_row<false>(g, o, x, len, wc, ms, acc);  \
+  }
+
+// Where the build has AVX2 but not AVX-512, specialisations of the templates above (declared
 // before any instantiation: the .cpp files that use them include this header first).
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 #include "pool_avx2.h"
@@ -231,3 +251,5 @@ inline void spatial_block(const T* x0, int64_t C, int64_t HW, int64_t len, const
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include "pool_avx512.h"
 #endif
+#undef CBAM_ROW_REDUCTIONS
+#undef CBAM_GRAD_ROW

@@ -246,36 +246,19 @@ inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc,
 }  // namespace avx2
 
 #define CBAM_AVX2_POOL(T)                                                                                        \
+  CBAM_ROW_REDUCTIONS(avx2, T)                                                                                   \
   template <>                                                                                                    \
   inline void spatial_block<T, float>(const T* x0, int64_t C, int64_t HW, int64_t len, const float* mc,          \
                                       bool need_idx, float* s, float* m, int32_t* k) {                           \
     avx2::spatial_block(x0, C, HW, len, mc, need_idx, s, m, k);                                                  \
-  }                                                                                                              \
-  template <>                                                                                                    \
-  inline void row_sum_max<T, float>(const T* row, int64_t n, float* sum, float* mx) {                            \
-    avx2::row_sum_max(row, n, sum, mx);                                                                          \
-  }                                                                                                              \
-  template <>                                                                                                    \
-  inline void row_pool<T, float>(const T* row, int64_t n, bool need_idx, float* avg, float* mx, int32_t* idx) {  \
-    avx2::row_pool(row, n, need_idx, avg, mx, idx);                                                              \
-  }                                                                                                              \
-  template <>                                                                                                    \
-  inline float dot_row<T, float>(const T* row, const float* a, int64_t n) { return avx2::dot_row(row, a, n); }
-
-#define CBAM_AVX2_GRAD(T)                                                                                        \
-  template <>                                                                                                    \
-  inline float grad_row<T, float>(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms,     \
-                                  float* acc) {                                                                  \
-    return o ? avx2::grad_row<true>(g, o, x, len, wc, ms, acc) : avx2::grad_row<false>(g, o, x, len, wc, ms, acc); \
   }
 
 CBAM_AVX2_POOL(float)
 CBAM_AVX2_POOL(c10::BFloat16)
 #if defined(__F16C__)  // avx2_common.h's half conversions
 CBAM_AVX2_POOL(c10::Half)
-CBAM_AVX2_GRAD(c10::Half)
+CBAM_GRAD_ROW(avx2, c10::Half)
 #endif
 #undef CBAM_AVX2_POOL
-#undef CBAM_AVX2_GRAD
 
 }  // namespace cbam_cpu

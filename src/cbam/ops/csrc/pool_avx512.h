@@ -236,25 +236,12 @@ inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc,
 }  // namespace avx512
 
 #define CBAM_AVX512_POOL(T)                                                                                    \
-  template <>                                                                                                  \
-  inline void row_sum_max<T, float>(const T* row, int64_t n, float* sum, float* mx) {                          \
-    avx512::row_sum_max(row, n, sum, mx);                                                                      \
-  }                                                                                                            \
-  template <>                                                                                                  \
-  inline void row_pool<T, float>(const T* row, int64_t n, bool need_idx, float* avg, float* mx, int32_t* idx) { \
-    avx512::row_pool(row, n, need_idx, avg, mx, idx);                                                          \
-  }                                                                                                            \
+  CBAM_ROW_REDUCTIONS(avx512, T)                                                                               \
+  CBAM_GRAD_ROW(avx512, T)                                                                                     \
   template <>                                                                                                  \
   inline void row_pool_scaled<T, float>(const T* row, const float* scale, int64_t n, bool need_idx, float* avg, \
                                         float* mx, int32_t* idx, float*) {                                     \
     avx512::row_pool_scaled(row, scale, n, need_idx, avg, mx, idx);                                            \
-  }                                                                                                            \
-  template <>                                                                                                  \
-  inline float dot_row<T, float>(const T* row, const float* a, int64_t n) { return avx512::dot_row(row, a, n); } \
-  template <>                                                                                                  \
-  inline float grad_row<T, float>(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms,   \
-                                  float* acc) {                                                                \
-    return o ? avx512::grad_row<true>(g, o, x, len, wc, ms, acc) : avx512::grad_row<false>(g, o, x, len, wc, ms, acc); \
   }
 #define CBAM_AVX512_SPATIAL(T)                                                                                 \
   template <>                                                                                                  \
