@@ -216,8 +216,9 @@ inline void row_pool(const T* row, int64_t n, bool need_idx, float* avg, float* 
 }
 
 // grad_row (pool.h) for half, whose generic loop gcc leaves scalar (its widening has a branch there):
-// half's NCHW backward reduce took 2x bfloat16's time (perf, a 16-channel 28x28 sample). float and
-// bfloat16 keep gcc's vectorisation of the generic loop, which this did not beat for them (kernel_ab).
+// half's NCHW backward reduce took 2x bfloat16's time (perf, a 16-channel 28x28 sample). bfloat16
+// keeps gcc's vectorisation of the generic loop (this version measured no gain there, kernel_ab), and
+// so does float (not tried: its generic loop has no widening to get in the way).
 template <bool Tail, typename T>
 inline float grad_row(const T* g, const T* o, const T* x, int64_t len, float wc, const float* ms, float* acc) {
   const __m256 w = _mm256_set1_ps(wc), zero = _mm256_setzero_ps();
